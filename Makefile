@@ -1,0 +1,41 @@
+# The two commands of the README: `make demo` and `make test`.
+# Both create (or reuse) .venv on a fresh clone and install what they need.
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip --disable-pip-version-check
+# Reinstall whenever the packaging files change.
+STAMP := $(VENV)/.installed-$(shell cat setup.py constraints.txt pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: install test lint demo bench clean
+
+$(BIN)/python:
+	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "anti_scaling needs Python 3.11, got " + sys.version.split()[0]'
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(BIN)/python setup.py constraints.txt pyproject.toml
+	rm -f $(VENV)/.installed-*
+	# ParlAI without its dependency list (see setup.py for why), then our package.
+	$(PIP) install -q -c constraints.txt --no-deps parlai==1.7.2
+	$(PIP) install -q -c constraints.txt -e '.[test,dev]'
+	# torchvision/torchtext cannot load against torch 2.13; never leave them around.
+	$(PIP) uninstall -q -y torchvision torchtext 2>/dev/null || true
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/black --check --quiet anti_scaling tests
+	$(BIN)/ruff check anti_scaling tests
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+demo: $(STAMP)
+	$(BIN)/python -m anti_scaling.scripts.demo
+
+bench: $(STAMP)
+	$(BIN)/python -m anti_scaling.scripts.benchmark_step
+
+clean:
+	rm -rf $(VENV) build *.egg-info

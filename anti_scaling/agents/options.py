@@ -1,0 +1,270 @@
+"""Command-line options of the distillation agents, and what students inherit.
+
+The flags of ParlAI's former ``projects/anti_scaling`` keep their names and
+defaults; the rest are additions. A student inherits the teacher's dictionary,
+architecture and text-processing options unless the command line sets them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from parlai.core.opt import Opt
+from parlai.core.params import ParlaiParser
+
+from ..errors import DistillationError
+from .teacher import ZOO_PREFIXES
+
+# Loss coefficients (flag dest -> default), as in the former implementation.
+LOSS_COEFFS = {
+    'task_loss_coeff': 1.0,
+    'encoder_loss_coeff': 0.0,
+    'hidden_loss_coeff': 0.0,
+    'pred_loss_coeff': 0.0,
+    'embedding_loss_coeff': 0.0,
+    'self_attn_loss_coeff': 0.0,
+    'enc_dec_attn_loss_coeff': 0.0,
+}
+
+ARCHITECTURE_KEYS = (
+    'embedding_size',
+    'ffn_size',
+    'n_heads',
+    'n_layers',
+    'n_encoder_layers',
+    'n_decoder_layers',
+    'n_positions',
+    'n_segments',
+    'variant',
+    'activation',
+    'output_scaling',
+    'embeddings_scale',
+    'learn_positional_embeddings',
+    'share_word_embeddings',
+    'dropout',
+    'attention_dropout',
+    'relu_dropout',
+)
+DICTIONARY_KEYS = (
+    'dict_class',
+    'dict_file',
+    'dict_language',
+    'dict_max_ngram_size',
+    'dict_minfreq',
+    'dict_maxtokens',
+    'dict_nulltoken',
+    'dict_starttoken',
+    'dict_endtoken',
+    'dict_unktoken',
+    'dict_tokenizer',
+    'dict_lower',
+    'dict_textfields',
+    'bpe_vocab',
+    'bpe_merge',
+    'bpe_add_prefix_space',
+    'special_tok_lst',
+    'force_fp16_tokens',
+)
+TEXT_KEYS = (
+    'truncate',
+    'text_truncate',
+    'label_truncate',
+    'history_size',
+    'history_reversed',
+    'history_add_global_end_token',
+    'person_tokens',
+    'split_lines',
+    'add_p1_after_newln',
+    'delimiter',
+)
+INHERITED_KEYS = ARCHITECTURE_KEYS + DICTIONARY_KEYS + TEXT_KEYS
+
+# A general flag set on the command line stops its specific forms from being
+# inherited: `--n-layers 3` means 3 layers in both stacks, whatever the teacher's
+# per-stack counts were.
+_GENERAL_TO_SPECIFIC = {
+    'n_layers': ('n_encoder_layers', 'n_decoder_layers'),
+    'truncate': ('text_truncate', 'label_truncate'),
+}
+
+
+class _TeacherModelAction(argparse.Action):
+    """Store ``--teacher-model`` and point ``--dict-file`` at the teacher's dictionary.
+
+    This happens while arguments are parsed, before ``parlai train_model`` would
+    build a new dictionary from the task data: the student must use the
+    teacher's. A ``--dict-file`` given on the command line still wins.
+    """
+
+    def __call__(self, parser, namespace, values, option_string=None):  # noqa: ANN001
+        setattr(namespace, self.dest, values)
+        if not values:
+            return
+        if not values.startswith(ZOO_PREFIXES):
+            path = os.path.expanduser(values)
+            if not os.path.isfile(path):
+                raise DistillationError(
+                    f'teacher model file not found: {values} (give --teacher-model '
+                    'the path of a trained ParlAI model file, or a zoo: path)'
+                )
+        if getattr(namespace, 'dict_file', None) is None:
+            namespace.dict_file = values + '.dict'
+
+
+def add_distillation_args(
+    parser: ParlaiParser, wide: bool, partial_opt: dict | None = None
+) -> None:
+    """Add the distillation flags to ``parser`` (``wide``: layer-removal students)."""
+    group = parser.add_argument_group('Distillation Arguments')
+    group.add_argument(
+        '--teacher-model',
+        type=str,
+        default=None,
+        action=_TeacherModelAction,
+        help='Teacher model file (or zoo: path). The student inherits its '
+        'dictionary and, unless set on the command line, its architecture and '
+        'text-processing options.',
+    )
+    helps = {
+        'task_loss_coeff': 'Weight of the cross-entropy against the labels (loss).',
+        'encoder_loss_coeff': 'Weight of the MSE between encoder outputs (enc_loss).',
+        'hidden_loss_coeff': 'Weight of the MSE between mapped layer outputs '
+        '(enc_hid_loss + dec_hid_loss).',
+        'pred_loss_coeff': 'Weight of T^2 * KL(teacher || student) on the output '
+        'distributions (pred_loss).',
+        'embedding_loss_coeff': 'Weight of the MSE between the embedding outputs '
+        'that the first layers receive (enc_emb_loss + dec_emb_loss).',
+        'self_attn_loss_coeff': 'Weight of the MSE between pre-softmax '
+        'self-attention scores of mapped layers (enc_self_attn_loss + '
+        'dec_self_attn_loss). Needs equal head counts.',
+        'enc_dec_attn_loss_coeff': 'Weight of the MSE between pre-softmax '
+        'encoder-decoder attention scores (enc_dec_attn_loss). Needs equal heads.',
+    }
+    for dest, default in LOSS_COEFFS.items():
+        group.add_argument(
+            '--' + dest.replace('_', '-'), type=float, default=default, help=helps[dest]
+        )
+    group.add_argument(
+        '--distill-temperature',
+        type=float,
+        default=1.0,
+        help='Softmax temperature T of pred_loss (scaled by T^2).',
+    )
+    group.add_argument(
+        '--encoder-layer-map',
+        type=str,
+        default=None,
+        help='Teacher encoder layer (0-based) that each student encoder layer learns '
+        'from, comma-separated, strictly increasing, e.g. 1,3. Default: student layer '
+        'i of n takes teacher layer floor((i+1)*N/n)-1.',
+    )
+    group.add_argument(
+        '--decoder-layer-map',
+        type=str,
+        default=None,
+        help='Same as --encoder-layer-map, for the decoder.',
+    )
+    if wide:
+        group.add_argument(
+            '--copy-teacher-weights',
+            type='bool',
+            default=True,
+            help='Initialise the student from the teacher: embeddings, every '
+            'LayerNorm and the layers given by the init layer maps.',
+        )
+        group.add_argument(
+            '--encoder-init-layer-map',
+            type=str,
+            default=None,
+            help='Teacher encoder layers copied into the student encoder layers '
+            '(default: the same as --encoder-layer-map).',
+        )
+        group.add_argument(
+            '--decoder-init-layer-map',
+            type=str,
+            default=None,
+            help='Teacher decoder layers copied into the student decoder layers '
+            '(default: the same as --decoder-layer-map).',
+        )
+    accept_init_opt_keys(parser, (partial_opt or {}).get('init_opt'))
+
+
+def accept_init_opt_keys(parser: ParlaiParser, init_opt: str | None) -> None:
+    """Let ``--init-opt MODEL.opt`` work without ``--allow-missing-init-opts true``.
+
+    A trained model's ``.opt`` holds keys that no parser option matches (its start
+    time, its task's options...) and even ``allow_missing_init_opts: false``
+    itself, so plain ParlAI refuses it. Declaring those keys as parser defaults
+    makes ParlAI load them as it would with the flag; values on the command line
+    still win.
+    """
+    parser.set_defaults(allow_missing_init_opts=True)
+    if not init_opt:
+        return
+    try:
+        file_opt = Opt.load_init(init_opt)
+    except Exception:  # ParlAI reports a missing or broken file itself, later
+        return
+    known = {action.dest for action in parser._actions}
+    unknown = {key: None for key in file_opt if key not in known}
+    if unknown:
+        parser.set_defaults(**unknown)
+
+
+def inherit_teacher_options(
+    opt: dict, teacher_opt: dict, user_set: set[str], teacher_dict_file: str
+) -> dict[str, object]:
+    """Copy the teacher's options into ``opt`` wherever the user did not set them.
+
+    ``user_set`` holds the option names given on the command line (ParlAI's
+    ``opt['override']``). Returns what was inherited. The student always reads
+    the teacher's dictionary unless ``--dict-file`` was given.
+    """
+    blocked = set(user_set)
+    for general, specific in _GENERAL_TO_SPECIFIC.items():
+        if general in user_set:
+            for key in specific:
+                if key not in user_set:
+                    blocked.add(key)
+                    if key in ('n_encoder_layers', 'n_decoder_layers'):
+                        opt[key] = -1
+                    else:
+                        opt[key] = None
+    inherited: dict[str, object] = {}
+    for key in INHERITED_KEYS:
+        if key in blocked or key not in teacher_opt:
+            continue
+        value = teacher_dict_file if key == 'dict_file' else teacher_opt[key]
+        if opt.get(key) != value:
+            inherited[key] = value
+        opt[key] = value
+    return inherited
+
+
+def stack_layers(opt: dict, stack: str) -> int:
+    """Layer count of ``stack`` ('encoder'/'decoder') as ParlAI resolves it."""
+    specific = opt.get(f'n_{stack}_layers')
+    if specific is not None and int(specific) > 0:
+        return int(specific)
+    return int(opt['n_layers'])
+
+
+def check_required(opt: dict) -> None:
+    """Refuse a run without a teacher, or with a negative coefficient or temperature."""
+    if not opt.get('teacher_model'):
+        raise DistillationError(
+            '--teacher-model is required: the path of the trained ParlAI model to '
+            'distil (or a zoo: path)'
+        )
+    for dest in LOSS_COEFFS:
+        value = opt.get(dest)
+        if value is not None and float(value) < 0:
+            raise DistillationError(
+                f"--{dest.replace('_', '-')} is {value}: coefficients must be >= 0"
+            )
+    if float(opt.get('distill_temperature') or 1.0) <= 0:
+        raise DistillationError(
+            f"--distill-temperature is {opt.get('distill_temperature')}: "
+            'it must be > 0'
+        )

@@ -1,0 +1,179 @@
+"""Load the teacher: once per process, frozen, checked before anything else runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from dataclasses import dataclass
+from typing import Any
+
+import parlai.utils.logging as logging
+import torch
+from parlai.core.agents import add_datapath_and_model_args, create_agent_from_opt_file
+from parlai.core.build_data import modelzoo_path
+from parlai.core.dict import DictionaryAgent
+from parlai.core.loader import load_agent_module
+from parlai.core.opt import Opt
+from parlai.core.torch_generator_agent import TorchGeneratorModel
+
+from ..errors import DistillationError
+
+ZOO_PREFIXES = ('zoo:', 'models:', 'izoo:')
+
+
+@dataclass
+class Teacher:
+    """A frozen teacher: its model (eval mode, no gradients), dictionary and options."""
+
+    path: str
+    model: TorchGeneratorModel
+    dict: DictionaryAgent
+    opt: Opt
+    agent_class: type
+
+    @property
+    def n_encoder_layers(self) -> int:
+        return len(self.model.encoder.layers)
+
+    @property
+    def n_decoder_layers(self) -> int:
+        return len(self.model.decoder.layers)
+
+    @property
+    def width(self) -> int:
+        return int(self.opt['embedding_size'])
+
+    @property
+    def n_heads(self) -> int:
+        return int(self.opt['n_heads'])
+
+
+_CACHE: dict[tuple, Teacher] = {}
+
+
+def resolve_model_file(path: str, datapath: str | None) -> str:
+    """Map a ``zoo:`` path to its file (ParlAI downloads it if needed); else return as is."""
+    if path.startswith(ZOO_PREFIXES):
+        return modelzoo_path(datapath, path)
+    return os.path.expanduser(path)
+
+
+def read_model_opt(model_file: str, role: str = 'teacher') -> Opt:
+    """Read ``MODEL.opt`` after checking that ``model_file`` is a ParlAI model file.
+
+    Raises :class:`DistillationError` (one line) when the file or its ``.opt`` is
+    missing or unreadable.
+    """
+    if not os.path.isfile(model_file):
+        hint = (
+            ' (give --teacher-model the path of a trained ParlAI model file, or a '
+            'zoo: path)'
+            if role == 'teacher'
+            else ''
+        )
+        raise DistillationError(f'{role} model file not found: {model_file}{hint}')
+    optfile = model_file + '.opt'
+    if not os.path.isfile(optfile):
+        raise DistillationError(
+            f'{model_file} is not a ParlAI model: {optfile} is missing (a model '
+            'trained with parlai train_model has both MODEL and MODEL.opt)'
+        )
+    try:
+        opt = Opt.load(optfile)
+    except (json.JSONDecodeError, pickle.UnpicklingError, EOFError, ValueError) as e:
+        raise DistillationError(
+            f'{model_file} is not a ParlAI model: {optfile} is unreadable '
+            f'({type(e).__name__})'
+        ) from None
+    if not isinstance(opt, dict) or not opt.get('model'):
+        raise DistillationError(
+            f'{model_file} is not a ParlAI model: {optfile} does not name a model '
+            "class ('model' key)"
+        )
+    return opt
+
+
+def model_class_of(opt: dict, model_file: str) -> type:
+    """The ParlAI agent class named in a model's options."""
+    try:
+        return load_agent_module(opt['model'])
+    except Exception as e:  # ParlAI raises several types for an unknown model
+        raise DistillationError(
+            f"{model_file}: cannot load its model class {opt['model']!r} "
+            f'({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""})'
+        ) from None
+
+
+def check_teacher_kind(agent_class: type, expected: type, excluded: tuple, path: str):
+    """Refuse a teacher of the wrong family (a BART teacher for a transformer agent...)."""
+    if not issubclass(agent_class, expected) or issubclass(agent_class, excluded):
+        name = getattr(expected, '__name__', str(expected))
+        raise DistillationError(
+            f'teacher {path} is a {agent_class.__name__} model, but this agent '
+            f'distils {name} teachers: use the matching agent (DistillBartAgent / '
+            'DistillNarrowBartAgent for bart teachers, DistillTransformerAgent / '
+            'DistillNarrowTransformerAgent for transformer/generator teachers)'
+        )
+
+
+def load_teacher(
+    model_file: str,
+    *,
+    datapath: str | None,
+    expected: type,
+    excluded: tuple = (),
+    overrides: dict[str, Any] | None = None,
+) -> Teacher:
+    """Load (or reuse) the teacher model of ``model_file``.
+
+    The teacher is built with ``datatype=valid`` (no optimizer), put in eval mode
+    with every parameter frozen, and cached for the process: later calls with the
+    same file (same modification time) and overrides return the same object.
+    """
+    path = resolve_model_file(model_file, datapath)
+    opt = read_model_opt(path)
+    agent_class = model_class_of(opt, path)
+    check_teacher_kind(agent_class, expected, excluded, path)
+    overrides = dict(overrides or {})
+    stat = os.stat(path)
+    key = (
+        os.path.realpath(path),
+        stat.st_mtime_ns,
+        stat.st_size,
+        tuple(sorted(overrides.items())),
+    )
+    if key in _CACHE:
+        return _CACHE[key]
+    agent_opt = Opt(
+        {
+            'model_file': path,
+            'datapath': datapath,
+            'override': {'datatype': 'valid', **overrides},
+        }
+    )
+    add_datapath_and_model_args(agent_opt)
+    logging.info(f'Loading teacher from {path}')
+    try:
+        agent = create_agent_from_opt_file(agent_opt)
+    except DistillationError:
+        raise
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ''
+        raise DistillationError(
+            f'could not load teacher {path}: {type(e).__name__}: {first}'
+        ) from None
+    if agent is None or not isinstance(getattr(agent, 'model', None), torch.nn.Module):
+        raise DistillationError(f'{path} did not load as a ParlAI generator model')
+    model = agent.model
+    model.eval()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    teacher = Teacher(path, model, agent.dict, agent.opt, agent_class)
+    _CACHE[key] = teacher
+    return teacher
+
+
+def clear_teacher_cache() -> None:
+    """Forget every loaded teacher (for tests and long-lived processes)."""
+    _CACHE.clear()

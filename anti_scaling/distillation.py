@@ -1,0 +1,71 @@
+"""The four distillation agents: ``--model anti_scaling.distillation:<Agent>``.
+
+- :class:`DistillTransformerAgent`, :class:`DistillBartAgent` (DistilBERT style):
+  the teacher's width, fewer layers, initialised from the teacher's weights.
+- :class:`DistillNarrowTransformerAgent`, :class:`DistillNarrowBartAgent`
+  (TinyBERT style): any width, FFN size and layer count, trained from scratch
+  with student-to-teacher projections that exist only for training (strip them
+  with ``python -m anti_scaling.scripts.remove_projection_matrices MODEL``).
+"""
+
+from __future__ import annotations
+
+from parlai.agents.bart.bart import BartAgent
+from parlai.agents.transformer.transformer import TransformerGeneratorAgent
+from parlai.core.opt import Opt
+
+from .agents.mixin import DistillationMixin
+
+__all__ = [
+    'DistillTransformerAgent',
+    'DistillNarrowTransformerAgent',
+    'DistillBartAgent',
+    'DistillNarrowBartAgent',
+]
+
+
+class _TransformerTeacher:
+    teacher_family = TransformerGeneratorAgent
+    teacher_excluded = (BartAgent,)
+
+
+class _BartTeacher:
+    teacher_family = BartAgent
+    teacher_excluded = ()
+
+    def _initialize_bart(self, opt: Opt) -> Opt:
+        """Never download bart_large: the student starts from the teacher or scratch.
+
+        ``--init-fairseq-model`` still converts a fairseq checkpoint.
+        """
+        if opt.get('init_fairseq_model'):
+            opt = self._convert_model(opt)
+        return opt
+
+
+class DistillTransformerAgent(
+    DistillationMixin, _TransformerTeacher, TransformerGeneratorAgent
+):
+    """Layer-removal student of a ``transformer/generator`` teacher."""
+
+    wide = True
+
+
+class DistillNarrowTransformerAgent(
+    DistillationMixin, _TransformerTeacher, TransformerGeneratorAgent
+):
+    """Narrow student (any width) of a ``transformer/generator`` teacher."""
+
+    wide = False
+
+
+class DistillBartAgent(DistillationMixin, _BartTeacher, BartAgent):
+    """Layer-removal student of a ``bart`` teacher."""
+
+    wide = True
+
+
+class DistillNarrowBartAgent(DistillationMixin, _BartTeacher, BartAgent):
+    """Narrow student (any width) of a ``bart`` teacher."""
+
+    wide = False

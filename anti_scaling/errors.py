@@ -1,0 +1,31 @@
+"""The one error type users see, and how it is shown.
+
+Every check on user input raises :class:`DistillationError` with a one-line
+message that names what is wrong and how to fix it. Uncaught, it is printed as
+``anti_scaling: error: <message>`` without a traceback (set
+``ANTI_SCALING_TRACEBACK=1`` to see one).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+class DistillationError(ValueError):
+    """Bad input for a distillation run or script, found before any work started."""
+
+
+def _excepthook(exc_type, exc, tb, _previous=sys.excepthook):  # noqa: ANN001
+    if issubclass(exc_type, DistillationError) and not os.environ.get(
+        'ANTI_SCALING_TRACEBACK'
+    ):
+        print(f'anti_scaling: error: {exc}', file=sys.stderr)
+        return
+    _previous(exc_type, exc, tb)
+
+
+def install_excepthook() -> None:
+    """Show uncaught :class:`DistillationError` as one line (idempotent)."""
+    if getattr(sys.excepthook, '__name__', '') != '_excepthook':
+        sys.excepthook = _excepthook

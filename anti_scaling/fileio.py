@@ -1,0 +1,50 @@
+"""Files are replaced whole or not at all: write to a temporary file, then rename."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import IO, Any
+
+
+@contextmanager
+def atomic_path(path: str) -> Iterator[str]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path``.
+
+    On error the temporary file is removed and ``path`` is left as it was.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(
+        prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=directory
+    )
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the file from others
+    try:
+        yield tmp
+        with open(tmp, 'rb') as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write(path: str, write: Callable[[IO[Any]], None], mode: str = 'w') -> None:
+    """Call ``write(fh)`` on a temporary file that then atomically becomes ``path``."""
+    encoding = None if 'b' in mode else 'utf-8'
+    with atomic_path(path) as tmp:
+        with open(tmp, mode, encoding=encoding) as fh:
+            write(fh)
+
+
+def atomic_copy(src: str, dst: str) -> None:
+    """Copy ``src`` to ``dst`` (contents and mode) so that ``dst`` is never partial."""
+    with atomic_path(dst) as tmp:
+        shutil.copy2(src, tmp)

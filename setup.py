@@ -1,0 +1,59 @@
+"""Packaging for anti_scaling, a knowledge-distillation plugin for ParlAI.
+
+ParlAI 1.7.2 is installed *without* its own dependency list (``pip install
+--no-deps parlai==1.7.2``, done by ``make``): that list pins numpy 1.23, pulls
+Sphinx, flake8, datasets and a torchvision/torchtext pair that cannot load
+against torch 2.13. ``install_requires`` below is the runtime set that ParlAI's
+training, evaluation and generation paths actually import, verified together
+(see constraints.txt). ``anti_scaling`` checks at import time that ParlAI is
+present and says how to install it if not.
+"""
+
+from setuptools import find_packages, setup
+
+with open("README.md", encoding="utf-8") as fh:
+    long_description = fh.read()
+
+setup(
+    name="anti-scaling",
+    version="0.1.0",
+    description=(
+        "Knowledge distillation for ParlAI generators: smaller, faster students "
+        "of transformer/generator and BART teachers"
+    ),
+    long_description=long_description,
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11,<3.12",
+    packages=find_packages(include=["anti_scaling", "anti_scaling.*"]),
+    include_package_data=True,
+    package_data={"anti_scaling": ["zoo/*.json", "py.typed"]},
+    install_requires=[
+        "torch==2.13.0",
+        "numpy>=1.23",
+        "sacrebleu>=2.3,<3",
+        "nltk>=3.8",
+        "requests>=2.21,<3",
+        "tqdm>=4.62",
+        "iopath>=0.1.8",
+        "Pillow",
+        "PyYAML",
+        "scikit-learn",
+        "setuptools<81",
+        "matplotlib>=3.7",
+        "chitchat-dataset==0.9.0",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-regressions"],
+        "dev": ["black", "ruff"],
+    },
+    entry_points={
+        "console_scripts": [
+            "anti-scaling-strip=anti_scaling.scripts.remove_projection_matrices:main",
+        ]
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3.11",
+        "License :: OSI Approved :: MIT License",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)
