@@ -15,6 +15,11 @@ from parlai.agents.transformer.transformer import TransformerGeneratorAgent
 from parlai.core.opt import Opt
 
 from .agents.mixin import DistillationMixin
+from .errors import install_excepthook
+
+# Bad input found while ParlAI parses arguments (before any agent exists) must
+# also show as one line.
+install_excepthook()
 
 __all__ = [
     'DistillTransformerAgent',

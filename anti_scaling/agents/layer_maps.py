@@ -30,6 +30,12 @@ def parse_layer_map(
     layer the teacher does not have, or is not strictly increasing.
     """
     if text is None or (isinstance(text, str) and not text.strip()):
+        if n_student > n_teacher:
+            raise DistillationError(
+                f'--{flag}: the student has {n_student} layers but the teacher only '
+                f'{n_teacher}; layer-wise terms map each student layer to a distinct '
+                'teacher layer, so use at most as many student layers'
+            )
         layer_map = uniform_layer_map(n_student, n_teacher)
         source = (
             f'the default map for {n_student} student and {n_teacher} teacher layers'

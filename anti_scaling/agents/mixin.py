@@ -9,6 +9,7 @@ state capture and the loss functions. The agents in
 from __future__ import annotations
 
 import os
+import tempfile
 from typing import Any
 
 import parlai.utils.logging as logging
@@ -20,6 +21,7 @@ from parlai.core.params import ParlaiParser
 from .. import losses
 from ..compat import compatible_lr_schedulers
 from ..errors import DistillationError, install_excepthook
+from ..fileio import atomic_write
 from .capture import capture_states
 from .evaluate import evaluate_plan
 from .layer_maps import format_layer_map, parse_layer_map
@@ -27,6 +29,7 @@ from .options import (
     add_distillation_args,
     check_required,
     inherit_teacher_options,
+    restore_checkpoint_options,
     stack_layers,
 )
 from .plan import DistillPlan, plan_from_options
@@ -122,6 +125,32 @@ class DistillationMixin:
     def build_lr_scheduler(self, states=None, hard_reset=False):  # noqa: ANN001
         with compatible_lr_schedulers():
             return super().build_lr_scheduler(states, hard_reset)
+
+    def save(self, path: str | None = None) -> None:
+        """Save as ParlAI does, and make sure ``MODEL.dict`` is this student's dictionary.
+
+        ParlAI keeps an existing ``MODEL.dict``; one left by an earlier run (e.g.
+        built from the task data) would silently give the student the wrong
+        vocabulary, so it is rewritten whenever it differs.
+        """
+        super().save(path)
+        path = self.opt.get('model_file') if path is None else path
+        if not path or not hasattr(self, 'dict'):
+            return
+        dict_path = path + '.dict'
+        with tempfile.TemporaryDirectory() as tmpdir:
+            fresh = os.path.join(tmpdir, 'dict')
+            self.dict.save(fresh, sort=False)
+            with open(fresh, 'rb') as fh:
+                content = fh.read()
+        if os.path.isfile(dict_path):
+            with open(dict_path, 'rb') as fh:
+                if fh.read() == content:
+                    return
+            logging.warning(
+                f"Replacing {dict_path}: it was not the student's dictionary"
+            )
+        atomic_write(dict_path, lambda fh: fh.write(content), mode='wb')
 
     def state_dict(self) -> dict[str, Any]:
         states = super().state_dict()
@@ -243,6 +272,13 @@ class DistillationMixin:
         Runs before ParlAI builds anything, so every bad input fails here with a
         one-line :class:`DistillationError` and nothing is written.
         """
+        user_set = set(opt.get('override', {}))
+        restored = restore_checkpoint_options(opt, user_set)
+        if restored:
+            logging.info(
+                f"Resuming {opt['init_model']} with its distillation options: "
+                + ', '.join(f'{k}={v}' for k, v in sorted(restored.items()))
+            )
         check_required(opt)
         teacher = load_teacher(
             opt['teacher_model'],
@@ -270,10 +306,13 @@ class DistillationMixin:
             )
             opt['init_model'] = None
 
-        user_set = set(opt.get('override', {}))
-        inherited = inherit_teacher_options(
-            opt, teacher.opt, user_set, teacher.opt.get('dict_file')
-        )
+        if model_file and os.path.isfile(model_file + '.opt'):
+            # ParlAI built these options from the saved student's .opt: complete.
+            inherited = {}
+        else:
+            inherited = inherit_teacher_options(
+                opt, teacher.opt, user_set, teacher.opt.get('dict_file')
+            )
         if inherited:
             logging.info(
                 'Student inherits from the teacher: '

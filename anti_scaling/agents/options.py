@@ -89,7 +89,7 @@ _GENERAL_TO_SPECIFIC = {
 }
 
 
-class _TeacherModelAction(argparse.Action):
+class _TeacherModelAction(argparse._StoreAction):
     """Store ``--teacher-model`` and point ``--dict-file`` at the teacher's dictionary.
 
     This happens while arguments are parsed, before ``parlai train_model`` would
@@ -210,6 +210,35 @@ def accept_init_opt_keys(parser: ParlaiParser, init_opt: str | None) -> None:
     unknown = {key: None for key in file_opt if key not in known}
     if unknown:
         parser.set_defaults(**unknown)
+
+
+def distillation_option_names() -> set[str]:
+    """Every option the distillation agents add (read from the real parser)."""
+    parser = ParlaiParser(False, False)
+    before = {action.dest for action in parser._actions}
+    add_distillation_args(parser, wide=True)
+    return {action.dest for action in parser._actions} - before
+
+
+def restore_checkpoint_options(opt: dict, user_set: set[str]) -> dict[str, object]:
+    """When resuming from ``MODEL.checkpoint``, reuse its distillation options.
+
+    ParlAI rebuilds the options of an interrupted run from the command line, so
+    without this a resumed run would fall back to default layer maps. Options
+    given on the command line still win. Returns what was restored.
+    """
+    init_model = opt.get('init_model') or ''
+    model_file = opt.get('model_file') or ''
+    if not (model_file and init_model == model_file + '.checkpoint'):
+        return {}
+    if not os.path.isfile(init_model + '.opt'):
+        return {}
+    saved = Opt.load(init_model + '.opt')
+    restored = {}
+    for key in distillation_option_names():
+        if key in saved and key not in user_set and saved[key] != opt.get(key):
+            opt[key] = restored[key] = saved[key]
+    return restored
 
 
 def inherit_teacher_options(

@@ -24,23 +24,13 @@ from typing import Any
 import torch
 
 from ..agents.mixin import OPTIMIZER_PARAM_NAMES
-from ..agents.options import add_distillation_args
+from ..agents.options import distillation_option_names
 from ..agents.student import PROJECTION_PREFIX
 from ..agents.teacher import model_class_of, read_model_opt
 from ..errors import DistillationError
 from ..fileio import atomic_copy, atomic_path, atomic_write
 
 BACKUP_SUFFIX = '.orig'
-
-
-def distillation_option_names() -> set[str]:
-    """Every option the distillation agents add (read from the real parser)."""
-    from parlai.core.params import ParlaiParser
-
-    parser = ParlaiParser(False, False)
-    before = {action.dest for action in parser._actions}
-    add_distillation_args(parser, wide=True)
-    return {action.dest for action in parser._actions} - before
 
 
 def plain_model_name(opt: dict, model_file: str) -> str:
