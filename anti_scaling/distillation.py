@@ -14,6 +14,7 @@ from parlai.agents.bart.bart import BartAgent
 from parlai.agents.transformer.transformer import TransformerGeneratorAgent
 from parlai.core.opt import Opt
 
+from . import zoo  # noqa: F401  (lets ParlAI resolve zoo:anti_scaling/NAME/model)
 from .agents.mixin import DistillationMixin
 from .errors import install_excepthook
 

@@ -22,6 +22,7 @@ from .. import losses
 from ..compat import compatible_lr_schedulers
 from ..errors import DistillationError, install_excepthook
 from ..fileio import atomic_write
+from ..zoo.recipes import apply_recipe, get_recipe, recipe_teacher_mismatches
 from .capture import capture_states
 from .evaluate import evaluate_plan
 from .layer_maps import format_layer_map, parse_layer_map
@@ -280,6 +281,8 @@ class DistillationMixin:
                 + ', '.join(f'{k}={v}' for k, v in sorted(restored.items()))
             )
         check_required(opt)
+        if opt.get('recipe'):
+            get_recipe(opt['recipe'])  # unknown name: error before loading anything
         teacher = load_teacher(
             opt['teacher_model'],
             datapath=opt.get('datapath'),
@@ -310,6 +313,12 @@ class DistillationMixin:
             # ParlAI built these options from the saved student's .opt: complete.
             inherited = {}
         else:
+            if opt.get('recipe'):
+                applied = apply_recipe(opt, opt['recipe'], user_set, wide=self.wide)
+                user_set |= set(applied)
+                logging.info(f"Recipe {opt['recipe']}: {applied}")
+                for problem in recipe_teacher_mismatches(opt['recipe'], teacher.opt):
+                    logging.warning(f'Teacher differs from the recipe: {problem}')
             inherited = inherit_teacher_options(
                 opt, teacher.opt, user_set, teacher.opt.get('dict_file')
             )

@@ -146,6 +146,13 @@ def add_distillation_args(
             '--' + dest.replace('_', '-'), type=float, default=default, help=helps[dest]
         )
     group.add_argument(
+        '--recipe',
+        type=str,
+        default=None,
+        help='A named set of student shape, layer maps and loss coefficients '
+        '(python -m anti_scaling.zoo list); flags on the command line win.',
+    )
+    group.add_argument(
         '--distill-temperature',
         type=float,
         default=1.0,

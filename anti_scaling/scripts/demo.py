@@ -1,0 +1,311 @@
+"""``make demo``: a real distillation, end to end, offline, in a few minutes on a CPU.
+
+1. trains a small ``transformer/generator`` teacher on real conversations
+   (``-t anti_scaling.tasks.chitchat``, data shipped inside the ``chitchat-dataset``
+   wheel);
+2. distils it into a wide student (``DistillTransformerAgent``: fewer decoder
+   layers, initialised from the teacher) and a narrow one
+   (``DistillNarrowTransformerAgent``: half the width, every loss term);
+3. strips the narrow student's projection matrices;
+4. evaluates the teacher and both students as plain ``transformer/generator``
+   models and prints one table: parameters, perplexity, token accuracy,
+   generation time and speedup.
+
+Everything is written under ``--out`` (default ``runs/demo``, replaced on each
+run). The training budgets are short, so the models are weak; the point is the
+whole path and the trade-off the table shows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import time
+from typing import Any
+
+import torch
+
+TASK = 'anti_scaling.tasks.chitchat'
+DATA = {
+    'chitchat_max_conversations': 1500,
+    'history_size': 3,
+    'text_truncate': 64,
+    'label_truncate': 24,
+}
+TEACHER_SHAPE = {
+    'n_encoder_layers': 2,
+    'n_decoder_layers': 4,
+    'embedding_size': 128,
+    'ffn_size': 512,
+    'n_heads': 4,
+}
+TRAINING = {
+    'task': TASK,
+    'batchsize': 32,
+    'optimizer': 'adam',
+    'lr_scheduler': 'none',
+    'skip_generation': True,
+    'validation_every_n_epochs': -1,
+    'validation_max_exs': 256,
+    'short_final_eval': True,
+    'log_every_n_secs': 20,
+    'loglevel': 'warn',
+    **DATA,
+}
+NARROW_COEFFS = {
+    'task_loss_coeff': 1.0,
+    'encoder_loss_coeff': 1.0,
+    'hidden_loss_coeff': 1.0,
+    'embedding_loss_coeff': 1.0,
+    'self_attn_loss_coeff': 0.05,
+    'enc_dec_attn_loss_coeff': 0.05,
+    'pred_loss_coeff': 1.0,
+}
+WIDE_COEFFS = {'task_loss_coeff': 1.0, 'hidden_loss_coeff': 1.0, 'pred_loss_coeff': 1.0}
+
+
+def _step(message: str) -> float:
+    print(f'\n== {message}', flush=True)
+    return time.perf_counter()
+
+
+def _done(start: float, extra: str = '') -> None:
+    print(f'   done in {time.perf_counter() - start:.0f} s {extra}', flush=True)
+
+
+def build_dictionary(out: str, datapath: str) -> str:
+    from parlai.scripts.build_dict import BuildDict
+
+    dict_file = os.path.join(out, 'chitchat.dict')
+    BuildDict.main(
+        task=TASK,
+        dict_file=dict_file,
+        dict_tokenizer='re',
+        dict_lower=True,
+        dict_maxtokens=4000,
+        datapath=datapath,
+        loglevel='warn',
+        **{k: v for k, v in DATA.items() if k.startswith('chitchat')},
+    )
+    return dict_file
+
+
+def train(datapath: str, seconds: float, **options: Any) -> dict:
+    from parlai.scripts.train_model import TrainModel
+
+    valid, _ = TrainModel.main(
+        **TRAINING, datapath=datapath, max_train_time=seconds, **options
+    )
+    return valid
+
+
+def evaluate(model_file: str, datapath: str, examples: int) -> dict[str, float]:
+    """Perplexity and token accuracy under teacher forcing on the valid split."""
+    from parlai.scripts.eval_model import EvalModel
+
+    report = EvalModel.main(
+        task=TASK,
+        model='transformer/generator',
+        model_file=model_file,
+        datapath=datapath,
+        datatype='valid',
+        skip_generation=True,
+        num_examples=examples,
+        batchsize=32,
+        loglevel='warn',
+        **DATA,
+    )
+    return {'ppl': float(report['ppl']), 'token_acc': float(report['token_acc'])}
+
+
+def opening_turns(datapath: str, count: int) -> list[str]:
+    """The first context of ``count`` valid episodes: the same inputs for every model."""
+    from parlai.core.params import ParlaiParser
+    from parlai.core.teachers import create_task_agent_from_taskname
+
+    opt = ParlaiParser(True, False).parse_args(
+        ['-t', TASK, '-dt', 'valid', '-dp', datapath]
+    )
+    teacher = create_task_agent_from_taskname(opt)[0]
+    texts = []
+    while len(texts) < count and not teacher.epoch_done():
+        message = teacher.act()
+        if message.get('text') and len(texts) < count:
+            texts.append(message['text'])
+        while not message.get('episode_done') and not teacher.epoch_done():
+            message = teacher.act()
+    return texts
+
+
+def generation_seconds(model_file: str, datapath: str, texts: list[str]) -> float:
+    """Mean seconds per greedy reply (batch size 1, two warm-up replies excluded)."""
+    from parlai.core.agents import create_agent_from_model_file
+    from parlai.core.message import Message
+
+    agent = create_agent_from_model_file(
+        model_file,
+        {
+            'model': 'transformer/generator',
+            'datapath': datapath,
+            'skip_generation': False,
+            'inference': 'greedy',
+            'beam_min_length': 1,
+            **DATA,
+        },
+    )
+    times = []
+    for i, text in enumerate(texts):
+        agent.reset()
+        agent.observe(Message({'text': text, 'episode_done': True}))
+        start = time.perf_counter()
+        agent.act()
+        if i >= 2:
+            times.append(time.perf_counter() - start)
+    return statistics.mean(times)
+
+
+def parameters(model_file: str) -> int:
+    states = torch.load(model_file, map_location='cpu', weights_only=False)['model']
+    seen, total = set(), 0
+    for key, tensor in states.items():
+        if key in ('embeddings.weight', 'decoder.embeddings.weight'):
+            key = 'encoder.embeddings.weight'  # one shared token embedding
+        if key not in seen and tensor.is_floating_point():
+            seen.add(key)
+            total += tensor.numel()
+    return total
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    teacher_time = rows[0]['seconds']
+    header = (
+        f"{'model':<34} {'params':>9} {'ppl':>8} {'token acc':>9} "
+        f"{'s/reply':>8} {'speedup':>8}"
+    )
+    print('\n' + header)
+    print('-' * len(header))
+    for row in rows:
+        print(
+            f"{row['name']:<34} {row['params']:>9,} {row['ppl']:>8.1f} "
+            f"{row['token_acc']:>9.3f} {row['seconds']:>8.4f} "
+            f"{teacher_time / row['seconds']:>7.2f}x"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--out', default='runs/demo')
+    parser.add_argument(
+        '--minutes',
+        type=float,
+        default=1.0,
+        help='training budget of the teacher; each student gets half of it',
+    )
+    parser.add_argument('--eval-examples', type=int, default=512)
+    parser.add_argument('--generation-examples', type=int, default=40)
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+    out = os.path.abspath(args.out)
+    if os.path.isdir(out):
+        shutil.rmtree(out)
+    os.makedirs(out)
+    datapath = os.path.join(out, 'parlai_data')
+    teacher = os.path.join(out, 'teacher', 'model')
+    wide = os.path.join(out, 'wide', 'model')
+    narrow = os.path.join(out, 'narrow', 'model')
+    budget = 60 * args.minutes
+    begin = time.perf_counter()
+
+    t = _step('building the dictionary from the chitchat conversations')
+    dict_file = build_dictionary(out, datapath)
+    _done(t)
+
+    t = _step(
+        f'training the teacher: transformer/generator {TEACHER_SHAPE} '
+        f'for {budget:.0f} s'
+    )
+    valid = train(
+        datapath,
+        budget,
+        model='transformer/generator',
+        model_file=teacher,
+        dict_file=dict_file,
+        learningrate=2e-3,
+        **TEACHER_SHAPE,
+    )
+    _done(t, f"(valid ppl {float(valid['ppl']):.1f})")
+
+    t = _step(
+        'distilling a wide student: DistillTransformerAgent, 1 decoder layer of 4 '
+        f'(initialised from teacher layer 3), for {budget / 2:.0f} s'
+    )
+    valid = train(
+        datapath,
+        budget / 2,
+        model='anti_scaling.distillation:DistillTransformerAgent',
+        teacher_model=teacher,
+        model_file=wide,
+        n_decoder_layers=1,
+        learningrate=1e-3,
+        **WIDE_COEFFS,
+    )
+    _done(t, f"(valid ppl {float(valid['ppl']):.1f})")
+
+    t = _step(
+        'distilling a narrow student: DistillNarrowTransformerAgent, width 64, '
+        f'1+2 layers, every loss term, for {budget / 2:.0f} s'
+    )
+    valid = train(
+        datapath,
+        budget / 2,
+        model='anti_scaling.distillation:DistillNarrowTransformerAgent',
+        teacher_model=teacher,
+        model_file=narrow,
+        n_encoder_layers=1,
+        n_decoder_layers=2,
+        embedding_size=64,
+        ffn_size=256,
+        learningrate=2e-3,
+        **NARROW_COEFFS,
+    )
+    _done(t, f"(valid ppl {float(valid['ppl']):.1f})")
+
+    t = _step('stripping the narrow student of its projection matrices')
+    from .remove_projection_matrices import remove_projection_matrices
+
+    result = remove_projection_matrices(narrow)
+    _done(t, f'({len(result.removed)} tensors removed; loads with -m {result.model})')
+
+    t = _step(
+        f'evaluating every model as a plain transformer/generator '
+        f'({args.eval_examples} valid examples; greedy generation on '
+        f'{args.generation_examples} opening turns, batch size 1)'
+    )
+    texts = opening_turns(datapath, args.generation_examples)
+    rows = []
+    for name, model_file in [
+        ('teacher (2+4 layers, width 128)', teacher),
+        ('wide student (2+1 layers, width 128)', wide),
+        ('narrow student (1+2 layers, width 64)', narrow),
+    ]:
+        row = {'name': name, 'params': parameters(model_file)}
+        row.update(evaluate(model_file, datapath, args.eval_examples))
+        row['seconds'] = generation_seconds(model_file, datapath, texts)
+        rows.append(row)
+    _done(t)
+
+    print_table(rows)
+    print(
+        f'\nTotal {time.perf_counter() - begin:.0f} s. Models are in {out}; e.g.\n'
+        f'  parlai interactive -m transformer/generator -mf {narrow} -dp {datapath}'
+    )
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
