@@ -45,6 +45,15 @@ setup(
     extras_require={
         "test": ["pytest>=8", "pytest-regressions"],
         "dev": ["black", "ruff"],
+        # Converting fairseq BART checkpoints (anti_scaling.fairseq_bart) needs no
+        # fairseq for the checkpoints fairseq 0.12 writes for BART; fairseq is
+        # needed to check logits (--verify), to unpickle fairseq/omegaconf objects
+        # (--trust-checkpoint) and to train BART with fairseq's own tools. fairseq 0.12.2, the last release, does
+        # not import on Python 3.11; ve-fairseq 0.12.3 is the 0.12 code as a
+        # prebuilt cp311 wheel (no compiler, no build-time torch download, keeps
+        # hydra-core 1.3 / omegaconf 2.3); Linux x86_64 wheels only (see
+        # docs/fairseq_bart.md for other platforms). Its pins are in constraints.txt.
+        "fairseq": ["ve-fairseq==0.12.3"],
     },
     entry_points={
         "console_scripts": [

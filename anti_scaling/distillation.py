@@ -16,7 +16,7 @@ from parlai.core.opt import Opt
 
 from . import zoo  # noqa: F401  (lets ParlAI resolve zoo:anti_scaling/NAME/model)
 from .agents.mixin import DistillationMixin
-from .errors import install_excepthook
+from .errors import DistillationError, install_excepthook
 
 # Bad input found while ParlAI parses arguments (before any agent exists) must
 # also show as one line.
@@ -42,10 +42,17 @@ class _BartTeacher:
     def _initialize_bart(self, opt: Opt) -> Opt:
         """Never download bart_large: the student starts from the teacher or scratch.
 
-        ``--init-fairseq-model`` still converts a fairseq checkpoint.
+        ParlAI's ``--init-fairseq-model`` path needs downloaded GPT-2 files and
+        unpickles without checks; fairseq checkpoints are converted offline with
+        ``python -m anti_scaling.scripts.convert_fairseq_bart`` instead.
         """
         if opt.get('init_fairseq_model'):
-            opt = self._convert_model(opt)
+            raise DistillationError(
+                '--init-fairseq-model is not supported by the distillation agents: '
+                'convert the checkpoint with python -m '
+                'anti_scaling.scripts.convert_fairseq_bart and pass the result as '
+                '--teacher-model (or --init-model)'
+            )
         return opt
 
 

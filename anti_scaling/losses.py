@@ -106,24 +106,28 @@ def prediction_kl(
         loss = sum_{b,t: mask} T^2 * sum_v p_v (log p_v - log q_v) / sum(mask)
 
     The ``T^2`` factor keeps gradient magnitudes comparable across temperatures
-    (Hinton et al. 2015).
+    (Hinton et al. 2015). Logits of ``-inf`` (or ParlAI's ``-1e20``) are safe.
     """
-    if temperature <= 0:
-        raise ValueError(f'temperature must be positive, got {temperature}')
-    s = student_logits[mask].float() / temperature
-    t = teacher_logits[mask].float() / temperature
-    log_q = F.log_softmax(s, dim=-1)
-    log_p = F.log_softmax(t, dim=-1)
-    kl = (log_p.exp() * (log_p - log_q)).sum(dim=-1) * temperature**2
-    return _per_example(kl, mask)
+    _check_temperature(temperature)
+    s, t = _select_logits('prediction_kl', student_logits, teacher_logits, mask)
+    kl = _kl_rows(_log_softmax(t, temperature), _log_softmax(s, temperature))
+    return _per_example(kl * temperature**2, mask)
+
+
+def token_agreement(
+    student_tokens: torch.Tensor, teacher_tokens: torch.Tensor, mask: torch.Tensor
+) -> TokenMean:
+    """Share of real tokens where two ``[B, T]`` token predictions agree."""
+    return _per_example((student_tokens == teacher_tokens)[mask].float(), mask)
 
 
 def argmax_agreement(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor
 ) -> TokenMean:
     """Share of real tokens where the student's argmax equals the teacher's."""
-    same = student_logits[mask].argmax(dim=-1) == teacher_logits[mask].argmax(dim=-1)
-    return _per_example(same.float(), mask)
+    return token_agreement(
+        student_logits.argmax(dim=-1), teacher_logits.argmax(dim=-1), mask
+    )
 
 
 def attention_score_mse(
@@ -218,7 +222,9 @@ def _select_logits(
 
 def _log_softmax(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """``log softmax(z / T)`` over the last dim, with ``-inf`` logits made finite."""
-    return F.log_softmax((logits / temperature).clamp(min=_LOGIT_FLOOR), dim=-1)
+    if temperature != 1:
+        logits = logits / temperature
+    return F.log_softmax(logits.clamp(min=_LOGIT_FLOOR), dim=-1)
 
 
 def _kl_rows(log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
@@ -227,7 +233,8 @@ def _kl_rows(log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
     Both inputs are finite (see :func:`_log_softmax`), so entries with ``a_v = 0``
     contribute exactly ``0`` to the value and to the gradient.
     """
-    return (log_a.exp() * (log_a - log_b)).sum(dim=-1)
+    # one fused kernel for a * (log a - log b)
+    return F.kl_div(log_b, log_a, reduction='none', log_target=True).sum(dim=-1)
 
 
 def _jsd_rows(log_p: torch.Tensor, log_q: torch.Tensor, beta: float) -> torch.Tensor:
@@ -644,3 +651,97 @@ def relation_kl(
         relation_heads,
         relation_heads,
     )
+
+
+# ---------------------------------------------------------------------------
+# Prediction-layer objectives against a top-k teacher cache
+# ---------------------------------------------------------------------------
+
+# Stand-in for the log-probability of the cached tokens when the student's
+# "everything else" bin is computed: far below any real log-probability (whose
+# floor is about ``_LOGIT_FLOOR / T``), yet finite, so that an empty complement
+# (k = V) gives a finite log-mass of ~-1e30 and a finite (zero-weighted) gradient.
+_EXCLUDED_LOGPROB = -1e30
+# Cached log-probabilities are clamped to this floor (the float16 minimum): a
+# probability of exactly 0 then contributes exactly 0, never ``0 * inf``.
+_CACHED_LOGPROB_FLOOR = -65504.0
+
+
+def topk_prediction_kl(
+    student_logits: torch.Tensor,
+    cached_ids: torch.Tensor,
+    cached_logprobs: torch.Tensor,
+    cached_rest: torch.Tensor,
+    mask: torch.Tensor,
+    temperature: float = 1.0,
+) -> TokenMean:
+    """The forward KL of :func:`prediction_kl` against a top-k teacher cache.
+
+    ``student_logits`` ``[B, T, V]``; ``cached_ids`` ``[B, T, k]`` (the teacher's
+    ``k`` most probable tokens, distinct), ``cached_logprobs`` ``[B, T, k]`` their
+    teacher log-probabilities ``log p_i`` at temperature ``T``, ``cached_rest``
+    ``[B, T]`` the teacher's probability mass outside them,
+    ``r = 1 - sum_i p_i`` (stored, not recomputed, so no cancellation), ``mask``
+    ``[B, T]``. The cache cannot say how ``r`` is spread over the other ``V - k``
+    tokens, so both distributions are compared on ``k + 1`` bins: the ``k`` cached
+    tokens, and "everything else". With ``q = softmax(z_S / T)``::
+
+        q_rest = sum_{v not in ids} q_v      (a logsumexp over the complement of the
+                                              student's log-probabilities: exact,
+                                              no 1 - sum cancellation)
+        KL_k   = sum_{i<k} p_i (log p_i - log q_{id_i}) + r (log r - log q_rest)
+        loss   = sum_{b,t: mask} T^2 * KL_k / sum(mask)
+
+    The rest term is 0 when ``r = 0``. For ``k = V`` (``r = 0``) this is exactly
+    :func:`prediction_kl`. For ``k < V`` it is a lower bound of it (merging bins
+    never increases a KL: the log-sum inequality), and its gradient pushes the
+    student's mass on the ``k`` tokens towards the teacher's, and its total mass on
+    the rest towards ``r``, without shaping the tail inside the rest. The teacher
+    entropy term is included, so the value is 0 when the student matches the
+    teacher on the bins. Cached values below ``-65504`` are clamped (probability 0
+    either way); padding positions may hold anything.
+    """
+    _check_temperature(temperature)
+    if (
+        student_logits.dim() != 3
+        or cached_ids.shape != cached_logprobs.shape
+        or cached_ids.shape[:2] != student_logits.shape[:2]
+        or cached_rest.shape != student_logits.shape[:2]
+        or mask.shape != student_logits.shape[:2]
+    ):
+        raise ValueError(
+            'topk_prediction_kl: shapes disagree: student logits '
+            f'{tuple(student_logits.shape)}, cached ids {tuple(cached_ids.shape)}, '
+            f'cached logprobs {tuple(cached_logprobs.shape)}, cached rest '
+            f'{tuple(cached_rest.shape)}, mask {tuple(mask.shape)}'
+        )
+    s = student_logits[mask].float()
+    ids = cached_ids[mask].long()
+    vocab = s.size(-1)
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
+        raise ValueError(
+            f'topk_prediction_kl: cached token ids outside [0, {vocab}): the cache '
+            "was built with another vocabulary than the student's"
+        )
+    log_p = cached_logprobs[mask].float().clamp(min=_CACHED_LOGPROB_FLOOR)
+    rest = cached_rest[mask].float().clamp(min=0.0)
+    log_q = _log_softmax(s, temperature)
+    log_q_k = log_q.gather(-1, ids)
+    log_q_rest = log_q.scatter(-1, ids, _EXCLUDED_LOGPROB).logsumexp(dim=-1)
+    kl_k = _kl_rows(log_p, log_q_k)
+    has_rest = rest > 0
+    safe_rest = torch.where(has_rest, rest, torch.ones_like(rest))
+    kl_rest = torch.where(
+        has_rest, rest * (safe_rest.log() - log_q_rest), torch.zeros_like(rest)
+    )
+    return _per_example((kl_k + kl_rest) * temperature**2, mask)
+
+
+def cached_agreement(
+    student_tokens: torch.Tensor, cached_ids: torch.Tensor, mask: torch.Tensor
+) -> TokenMean:
+    """``teacher_acc`` from a cache: the student's ``[B, T]`` argmax tokens against
+    the teacher's most probable token (``cached_ids[..., 0]``, ``[B, T, k]`` ids in
+    decreasing order of probability). Ties in the teacher's maximum may be broken
+    differently from ``argmax``."""
+    return token_agreement(student_tokens, cached_ids[..., 0], mask)

@@ -1,19 +1,23 @@
 """The distillation mixin: what the four public agents add to ParlAI's generators.
 
 It composes the pieces of this package: the teacher loader, option inheritance,
-layer maps, the student checks and initialisation, the distillation plan,
-state capture and the loss functions. The agents in
-:mod:`anti_scaling.distillation` are this mixin plus a ParlAI base agent.
+layer maps, the student checks and initialisation, the distillation plan
+(command-line coefficients and ``--distill-config`` terms), state capture and
+the loss functions. The agents in :mod:`anti_scaling.distillation` are this
+mixin plus a ParlAI base agent.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 import tempfile
 from typing import Any
 
 import parlai.utils.logging as logging
 import torch
+import torch.nn.functional as F
 from parlai.core.metrics import AverageMetric
 from parlai.core.opt import Opt
 from parlai.core.params import ParlaiParser
@@ -24,6 +28,7 @@ from ..errors import DistillationError, install_excepthook
 from ..fileio import atomic_write
 from ..zoo.recipes import apply_recipe, get_recipe, recipe_teacher_mismatches
 from .capture import capture_states
+from .config import read_config, terms_from_config
 from .evaluate import evaluate_plan
 from .layer_maps import format_layer_map, parse_layer_map
 from .options import (
@@ -32,8 +37,11 @@ from .options import (
     inherit_teacher_options,
     restore_checkpoint_options,
     stack_layers,
+    teacher_paths,
+    teacher_weights,
 )
-from .plan import DistillPlan, plan_from_options
+from .plan import HEADWISE_ATTENTION_KINDS, DistillPlan, plan_from_options
+from .shapes import capture_once, check_modules, dry_run_batch, resolve_plan
 from .student import (
     PROJECTION_PREFIX,
     PROJECTIONS_ATTR,
@@ -45,24 +53,21 @@ from .student import (
 from .teacher import Teacher, load_teacher
 
 STACKS = ('encoder', 'decoder')
-# Metric names of the former implementation, in the order they are reported.
-TERM_COEFFS = {
-    'enc_loss': 'encoder_loss_coeff',
-    'enc_hid_loss': 'hidden_loss_coeff',
-    'dec_hid_loss': 'hidden_loss_coeff',
-    'enc_emb_loss': 'embedding_loss_coeff',
-    'dec_emb_loss': 'embedding_loss_coeff',
-    'enc_self_attn_loss': 'self_attn_loss_coeff',
-    'dec_self_attn_loss': 'self_attn_loss_coeff',
-    'enc_dec_attn_loss': 'enc_dec_attn_loss_coeff',
-}
 # Checkpoint key listing the names of the optimised parameters in optimizer order,
 # so that projections and their optimizer state can be stripped exactly.
 OPTIMIZER_PARAM_NAMES = 'optimizer_param_names'
+_SHARED = (
+    'teachers',
+    'teacher',
+    'teacher_mix',
+    'intermediate_teacher',
+    'distill_plan',
+    'init_layer_maps',
+)
 
 
 class DistillationMixin:
-    """Distil a frozen teacher into this agent's (smaller) model.
+    """Distil one or several frozen teachers into this agent's (smaller) model.
 
     Subclasses set ``wide`` (layer removal, teacher-initialised, no projections)
     or not (narrow: any width, projections to the teacher's width), and the
@@ -86,23 +91,22 @@ class DistillationMixin:
     def __init__(self, opt: Opt, shared: dict[str, Any] | None = None):
         install_excepthook()
         if shared:
-            self.teacher: Teacher = shared['teacher']
-            self.distill_plan: DistillPlan = shared['distill_plan']
-            self.init_layer_maps: dict[str, list[int]] = shared['init_layer_maps']
+            for key in _SHARED:
+                setattr(self, key, shared[key])
         else:
             opt = self._prepare_distillation(opt)
         super().__init__(opt, shared)
 
     def share(self) -> dict[str, Any]:
         shared = super().share()
-        shared['teacher'] = self.teacher
-        shared['distill_plan'] = self.distill_plan
-        shared['init_layer_maps'] = self.init_layer_maps
+        for key in _SHARED:
+            shared[key] = getattr(self, key)
         return shared
 
     def build_model(self, *args, **kwargs):
         self._check_dictionary()
         model = super().build_model(*args, **kwargs)
+        self.distill_plan = self._resolve_plan(model)
         if self.distill_plan.projections:
             setattr(
                 model,
@@ -125,7 +129,14 @@ class DistillationMixin:
 
     def build_lr_scheduler(self, states=None, hard_reset=False):  # noqa: ANN001
         with compatible_lr_schedulers():
-            return super().build_lr_scheduler(states, hard_reset)
+            result = super().build_lr_scheduler(states, hard_reset)
+        if not getattr(self, 'scheduler', None) and states and not hard_reset:
+            # ParlAI restores the step count only through a scheduler; schedules
+            # of loss weights and temperature need it on resume too.
+            self._number_training_updates = int(
+                states.get('number_training_updates', 0)
+            )
+        return result
 
     def save(self, path: str | None = None) -> None:
         """Save as ParlAI does, and make sure ``MODEL.dict`` is this student's dictionary.
@@ -164,7 +175,7 @@ class DistillationMixin:
     def load_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Load a checkpoint; projections the current run does not use are dropped.
 
-        Changing coefficients between runs (e.g. intermediate terms first, then
+        Changing terms between runs (e.g. intermediate terms first, then
         predictions only) changes the set of projections; those missing from the
         checkpoint keep their fresh initialisation.
         """
@@ -182,69 +193,121 @@ class DistillationMixin:
     # the distillation loss ------------------------------------------------------
 
     def compute_loss(self, batch, return_output: bool = False):  # noqa: ANN001
-        """Task loss plus every enabled distillation term, weighted (``distill_loss``).
+        """Task loss plus every active distillation term, weighted (``distill_loss``).
 
-        Student states are captured only inside this forward pass; the teacher
-        runs without gradients. Metrics: see the loss table of DESIGN.md.
+        Weights and temperature are taken at the current training step
+        (schedules, two-step distillation, annealing). Student states are
+        captured only inside this forward pass; the teachers run first, without
+        gradients. Metrics: see the loss table of DESIGN.md and docs/methods.md.
         """
         plan = self.distill_plan
         if not plan.uses_teacher:
             return super().compute_loss(batch, return_output)
-        with capture_states(self.model, plan.student_points) as student_states:
+        step = int(self._number_training_updates)
+        weights = plan.weights(step)
+        temperature = plan.temperature_at(step)
+        terms = tuple(t for t in plan.terms if weights[t.metric] > 0)
+        use_pred = weights['pred_loss'] > 0
+        active = dataclasses.replace(plan, terms=terms)
+        # The teachers run first: their activations are freed before the
+        # student's graph is built, so only what the loss needs stays in memory.
+        teacher_states, teacher_output = self._run_teachers(
+            batch, active, use_pred, temperature
+        )
+        points = active.student_points
+        with capture_states(self.model, points) as student_states:
             task_loss, model_output = super().compute_loss(batch, return_output=True)
-        teacher_states, teacher_logits = self._run_teacher(batch)
 
         context_mask = batch.text_vec != self.NULL_IDX
         label_mask = batch.label_vec != self.NULL_IDX
-        projections = getattr(self.model, PROJECTIONS_ATTR, None)
-        terms = evaluate_plan(
-            plan,
+        values = evaluate_plan(
+            active,
             student_states,
             teacher_states,
             context_mask,
             label_mask,
-            projections,
+            getattr(self.model, PROJECTIONS_ATTR, None),
         )
-        weights = {term.metric: term.coeff for term in plan.terms}
-        student_logits = model_output[0]
-        if plan.pred_coeff > 0:
-            terms['pred_loss'] = losses.prediction_kl(
-                student_logits, teacher_logits, label_mask, plan.temperature
+        if use_pred:
+            values['pred_loss'] = losses.prediction_loss(
+                plan.pred_kind,
+                model_output[0],
+                teacher_output[0],
+                label_mask,
+                temperature,
+                plan.jsd_beta,
             )
-            weights['pred_loss'] = plan.pred_coeff
-
-        total = plan.task_coeff * task_loss
-        for name, value in terms.items():
+        total = weights['loss'] * task_loss
+        for name, value in values.items():
             total = total + weights[name] * value.mean()
-            self.record_local_metric(
-                name, AverageMetric.many(value.total.tolist(), value.count.tolist())
-            )
-        if teacher_logits is not None:
-            agreement = losses.argmax_agreement(
-                student_logits, teacher_logits, label_mask
-            )
-            self.record_local_metric(
+            self._record_token_mean(name, value)
+        if teacher_output is not None:
+            # ParlAI's forced decoding already took each model's argmax
+            self._record_token_mean(
                 'teacher_acc',
-                AverageMetric.many(agreement.total.tolist(), agreement.count.tolist()),
+                losses.token_agreement(model_output[1], teacher_output[1], label_mask),
             )
+        batch_size = label_mask.size(0)
         self.record_local_metric(
-            'distill_loss', AverageMetric.many([total.item()] * label_mask.size(0))
+            'distill_loss', AverageMetric.many([total.item()] * batch_size)
         )
+        if plan.temperature_max:
+            self.record_local_metric(
+                'distill_temp', AverageMetric.many([temperature] * batch_size)
+            )
         if return_output:
             return total, model_output
         return total
 
-    def _run_teacher(self, batch):  # noqa: ANN001
-        """Teacher forward pass (no gradients): captured states and output logits."""
-        plan = self.distill_plan
-        teacher = self.teacher.model
-        with torch.no_grad(), capture_states(teacher, plan.teacher_points) as states:
-            if plan.needs_teacher_decoder:
-                logits = teacher(*self._model_input(batch), ys=batch.label_vec)[0]
-            else:
-                teacher.encoder(*self._encoder_input(batch))
-                logits = None
-        return states, logits
+    def _record_token_mean(self, name: str, value: losses.TokenMean) -> None:
+        self.record_local_metric(
+            name, AverageMetric.many(value.total.tolist(), value.count.tolist())
+        )
+
+    def _run_teachers(
+        self,
+        batch,
+        plan: DistillPlan,
+        use_pred: bool,
+        temperature: float,  # noqa: ANN001
+    ):
+        """Teacher forward passes (no gradients).
+
+        Returns the designated teacher's captured states and, when some teacher's
+        decoder ran, ``(logits, tokens)``: with several teachers, ``logits`` are
+        ``T * log(sum_i w_i softmax(z_i / T))``, whose tempered softmax is the
+        weighted average of the teachers' distributions, and ``tokens`` its argmax.
+        """
+        need_decoder = use_pred or plan.needs_teacher_decoder
+        xs = self._model_input(batch)
+        outputs, states = [], {}
+        with torch.no_grad():
+            for i, teacher in enumerate(self.teachers):
+                model = teacher.model
+                if i == self.intermediate_teacher:
+                    with capture_states(model, plan.teacher_points) as captured:
+                        if need_decoder:
+                            outputs.append(model(*xs, ys=batch.label_vec)[:2])
+                        else:
+                            model.encoder(*self._encoder_input(batch))
+                    states = captured
+                elif use_pred:
+                    outputs.append(model(*xs, ys=batch.label_vec)[:2])
+            if not outputs:
+                return states, None
+            if len(outputs) == 1:
+                return states, outputs[0]
+            log_mix = torch.logsumexp(
+                torch.stack(
+                    [
+                        math.log(w) + F.log_softmax(out[0].float() / temperature, -1)
+                        for w, out in zip(self.teacher_mix, outputs)
+                        if w > 0
+                    ]
+                ),
+                dim=0,
+            )
+        return states, (log_mix * temperature, log_mix.argmax(dim=-1))
 
     # set-up ---------------------------------------------------------------------
 
@@ -254,10 +317,27 @@ class DistillationMixin:
         if self.dict.tok2ind != teacher_dict.tok2ind:
             raise DistillationError(
                 f"the student dictionary ({self.opt.get('dict_file')}, "
-                f'{len(self.dict)} tokens) differs from the teacher\'s '
+                f"{len(self.dict)} tokens) differs from the teacher's "
                 f"({self.teacher.opt.get('dict_file')}, {len(teacher_dict)} tokens): "
-                'drop --dict-file to use the teacher\'s dictionary'
+                "drop --dict-file to use the teacher's dictionary"
             )
+
+    def _resolve_plan(self, model: torch.nn.Module) -> DistillPlan:
+        """Check every term on one dry forward pass of student and teacher."""
+        plan = self.distill_plan
+        if not plan.terms:
+            return plan
+        check_modules(model, plan.student_points, 'student')
+        check_modules(self.teacher.model, plan.teacher_points, 'teacher')
+        text, label = dry_run_batch(
+            self.NULL_IDX,
+            self.dict[self.dict.start_token],
+            self.dict[self.dict.end_token],
+            self.dict[self.dict.unk_token],
+        )
+        student = capture_once(model, plan.student_points, text, label)
+        teacher = capture_once(self.teacher.model, plan.teacher_points, text, label)
+        return resolve_plan(plan, student, teacher)
 
     def _checkpoint_to_load(self) -> bool:
         """Whether ParlAI will load weights (resume or --init-model) after building."""
@@ -267,8 +347,36 @@ class DistillationMixin:
                 return True
         return False
 
+    def _load_teachers(self, opt: Opt) -> None:
+        paths = teacher_paths(opt['teacher_model'])
+        self.teachers: list[Teacher] = [
+            load_teacher(
+                path,
+                datapath=opt.get('datapath'),
+                expected=self.teacher_family,
+                excluded=self.teacher_excluded,
+                overrides={'no_cuda': bool(opt.get('no_cuda', False))},
+            )
+            for path in paths
+        ]
+        self.teacher_mix = teacher_weights(opt, len(paths))
+        index = int(opt.get('intermediate_teacher') or 0)
+        if not 0 <= index < len(paths):
+            raise DistillationError(
+                f'--intermediate-teacher {index}: there are {len(paths)} teachers '
+                f'(valid indices 0..{len(paths) - 1})'
+            )
+        self.intermediate_teacher = index
+        self.teacher: Teacher = self.teachers[index]
+        for other in self.teachers:
+            if other.dict.tok2ind != self.teacher.dict.tok2ind:
+                raise DistillationError(
+                    f'teachers {self.teacher.path} and {other.path} have different '
+                    'dictionaries: averaged soft targets need one shared vocabulary'
+                )
+
     def _prepare_distillation(self, opt: Opt) -> Opt:
-        """Load the teacher, complete and check the student's options, plan the loss.
+        """Load the teachers, complete and check the student's options, plan the loss.
 
         Runs before ParlAI builds anything, so every bad input fails here with a
         one-line :class:`DistillationError` and nothing is written.
@@ -283,21 +391,20 @@ class DistillationMixin:
         check_required(opt)
         if opt.get('recipe'):
             get_recipe(opt['recipe'])  # unknown name: error before loading anything
-        teacher = load_teacher(
-            opt['teacher_model'],
-            datapath=opt.get('datapath'),
-            expected=self.teacher_family,
-            excluded=self.teacher_excluded,
-            overrides={'no_cuda': bool(opt.get('no_cuda', False))},
-        )
-        model_file = opt.get('model_file')
-        if model_file and os.path.realpath(model_file) == os.path.realpath(
-            teacher.path
-        ):
-            raise DistillationError(
-                f'--model-file {model_file} is the teacher itself: give the student '
-                'its own -mf path (the teacher is never written)'
+        config_terms = []
+        if opt.get('distill_config'):
+            config_terms = terms_from_config(
+                read_config(opt['distill_config']), opt['distill_config']
             )
+        self._load_teachers(opt)
+        teacher = self.teacher
+        model_file = opt.get('model_file')
+        for t in self.teachers:
+            if model_file and os.path.realpath(model_file) == os.path.realpath(t.path):
+                raise DistillationError(
+                    f'--model-file {model_file} is the teacher itself: give the '
+                    'student its own -mf path (the teacher is never written)'
+                )
         if (
             opt.get('init_opt')
             and opt.get('init_model')
@@ -340,19 +447,47 @@ class DistillationMixin:
                 f"--embedding-size {opt['embedding_size']} is not a multiple of "
                 f"--n-heads {opt['n_heads']}"
             )
-        check_attention_heads(
-            int(opt['n_heads']),
-            teacher.n_heads,
-            {
-                k: float(opt.get(k) or 0)
-                for k in ('self_attn_loss_coeff', 'enc_dec_attn_loss_coeff')
-            },
+        if (opt.get('attn_loss_type') or 'score_mse') in HEADWISE_ATTENTION_KINDS:
+            check_attention_heads(
+                int(opt['n_heads']),
+                teacher.n_heads,
+                {
+                    k: float(opt.get(k) or 0)
+                    for k in ('self_attn_loss_coeff', 'enc_dec_attn_loss_coeff')
+                },
+            )
+        maps = self._layer_maps(opt, layers, teacher_layers)
+        plan = plan_from_options(
+            opt,
+            maps,
+            student_width=int(opt['embedding_size']),
+            teacher_width=teacher.width,
+            narrow=not self.wide,
+            heads=(int(opt['n_heads']), teacher.n_heads),
         )
+        clash = {t.metric for t in config_terms} & {t.metric for t in plan.terms}
+        if clash:
+            raise DistillationError(
+                f'--distill-config metric names {sorted(clash)} are already used by '
+                'the command-line terms: rename them with metric:'
+            )
+        self.distill_plan = dataclasses.replace(
+            plan, terms=plan.terms + tuple(config_terms)
+        )
+        return opt
 
+    def _layer_maps(
+        self, opt: Opt, layers: dict[str, int], teacher_layers: dict[str, int]
+    ) -> dict[str, list[int]]:
+        """Resolve, check, log and save (in ``opt``) the supervision and init maps."""
         layerwise = any(
             float(opt.get(k) or 0) > 0
-            for k in ('hidden_loss_coeff', 'self_attn_loss_coeff')
-        ) or (float(opt.get('enc_dec_attn_loss_coeff') or 0) > 0)
+            for k in (
+                'hidden_loss_coeff',
+                'self_attn_loss_coeff',
+                'enc_dec_attn_loss_coeff',
+            )
+        )
         maps: dict[str, list[int]] = {}
         for stack in STACKS:
             key = f'{stack}_layer_map'
@@ -378,22 +513,14 @@ class DistillationMixin:
                 )
                 opt[key] = format_layer_map(self.init_layer_maps[stack])
         if layerwise or self.wide:
+            init = (
+                '; init ' + '; '.join(f'{s} {self.init_layer_maps[s]}' for s in STACKS)
+                if self.wide
+                else ''
+            )
             logging.info(
                 'Layer maps (student layer -> teacher layer): '
                 + '; '.join(f'{s} {maps[s]}' for s in STACKS)
-                + (
-                    '; init '
-                    + '; '.join(f'{s} {self.init_layer_maps[s]}' for s in STACKS)
-                    if self.wide
-                    else ''
-                )
+                + init
             )
-        self.distill_plan = plan_from_options(
-            opt,
-            maps,
-            student_width=int(opt['embedding_size']),
-            teacher_width=teacher.width,
-            narrow=not self.wide,
-        )
-        self.teacher = teacher
-        return opt
+        return maps

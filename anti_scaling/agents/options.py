@@ -14,6 +14,7 @@ from parlai.core.opt import Opt
 from parlai.core.params import ParlaiParser
 
 from ..errors import DistillationError
+from .plan import ATTENTION_KINDS, HIDDEN_KINDS, PREDICTION_KINDS
 from .teacher import ZOO_PREFIXES
 
 # Loss coefficients (flag dest -> default), as in the former implementation.
@@ -101,15 +102,22 @@ class _TeacherModelAction(argparse._StoreAction):
         setattr(namespace, self.dest, values)
         if not values:
             return
-        if not values.startswith(ZOO_PREFIXES):
-            path = os.path.expanduser(values)
-            if not os.path.isfile(path):
+        paths = teacher_paths(values)
+        for path in paths:
+            if not path.startswith(ZOO_PREFIXES) and not os.path.isfile(
+                os.path.expanduser(path)
+            ):
                 raise DistillationError(
-                    f'teacher model file not found: {values} (give --teacher-model '
+                    f'teacher model file not found: {path} (give --teacher-model '
                     'the path of a trained ParlAI model file, or a zoo: path)'
                 )
         if getattr(namespace, 'dict_file', None) is None:
-            namespace.dict_file = values + '.dict'
+            namespace.dict_file = paths[0] + '.dict'
+
+
+def teacher_paths(value: str) -> list[str]:
+    """The teacher files of ``--teacher-model`` (one, or several comma-separated)."""
+    return [p.strip() for p in str(value).split(',') if p.strip()]
 
 
 def add_distillation_args(
@@ -157,6 +165,86 @@ def add_distillation_args(
         type=float,
         default=1.0,
         help='Softmax temperature T of pred_loss (scaled by T^2).',
+    )
+    group.add_argument(
+        '--pred-loss-type',
+        type=str,
+        default='kl',
+        choices=PREDICTION_KINDS,
+        help='Prediction-layer objective of pred_loss: kl (forward KL, Hinton), '
+        'reverse_kl, jsd (generalised Jensen-Shannon of GKD, see --jsd-beta), '
+        'logit_mse, soft_ce. Temperature and T^2 scaling as documented in docs/methods.md.',
+    )
+    group.add_argument(
+        '--jsd-beta',
+        type=float,
+        default=0.5,
+        help='Mixing weight beta of --pred-loss-type jsd (0: forward KL, 1: reverse KL).',
+    )
+    group.add_argument(
+        '--hidden-loss-type',
+        type=str,
+        default='mse',
+        choices=HIDDEN_KINDS,
+        help='Objective of the hidden-state terms: mse, cosine (DistilBERT) or pkd '
+        '(MSE of L2-normalised states, Patient KD).',
+    )
+    group.add_argument(
+        '--attn-loss-type',
+        type=str,
+        default='score_mse',
+        choices=ATTENTION_KINDS,
+        help='Objective of the attention terms: score_mse (TinyBERT), distribution_kl '
+        '(MiniLM attention transfer), value_relation (MiniLM), minilm (both), '
+        'minilmv2 (query/key/value relations; any head counts and widths).',
+    )
+    group.add_argument(
+        '--relation-heads',
+        type=int,
+        default=None,
+        help='Relation heads of --attn-loss-type minilmv2 (default: the teacher\'s '
+        'head count); must divide both widths.',
+    )
+    group.add_argument(
+        '--distill-config',
+        type=str,
+        default=None,
+        help='JSON or YAML file of extra terms mapping student modules to teacher '
+        'modules (see docs/methods.md); added to the terms the coefficients give.',
+    )
+    group.add_argument(
+        '--intermediate-steps',
+        type=int,
+        default=0,
+        help='Two-step distillation: only intermediate terms for this many training '
+        'steps, then only the task and prediction terms (0: off).',
+    )
+    group.add_argument(
+        '--distill-temperature-max',
+        type=float,
+        default=None,
+        help='Annealing-KD: start at this temperature and decrease linearly to '
+        '--distill-temperature over --temperature-anneal-steps steps.',
+    )
+    group.add_argument(
+        '--temperature-anneal-steps',
+        type=int,
+        default=0,
+        help='Steps over which the temperature is annealed (see --distill-temperature-max).',
+    )
+    group.add_argument(
+        '--teacher-weights',
+        type=str,
+        default=None,
+        help='With several comma-separated --teacher-model files: their weights in '
+        'the averaged soft targets (default: equal).',
+    )
+    group.add_argument(
+        '--intermediate-teacher',
+        type=int,
+        default=0,
+        help='With several teachers: the index of the one that intermediate terms, '
+        'layer maps and inherited options come from.',
     )
     group.add_argument(
         '--encoder-layer-map',
@@ -287,7 +375,7 @@ def stack_layers(opt: dict, stack: str) -> int:
 
 
 def check_required(opt: dict) -> None:
-    """Refuse a run without a teacher, or with a negative coefficient or temperature."""
+    """Refuse a run without a teacher, or with inconsistent numeric options."""
     if not opt.get('teacher_model'):
         raise DistillationError(
             '--teacher-model is required: the path of the trained ParlAI model to '
@@ -299,8 +387,43 @@ def check_required(opt: dict) -> None:
             raise DistillationError(
                 f"--{dest.replace('_', '-')} is {value}: coefficients must be >= 0"
             )
-    if float(opt.get('distill_temperature') or 1.0) <= 0:
+    temperature = float(opt.get('distill_temperature') or 1.0)
+    if temperature <= 0:
         raise DistillationError(
             f"--distill-temperature is {opt.get('distill_temperature')}: "
             'it must be > 0'
         )
+    t_max = opt.get('distill_temperature_max')
+    if t_max is not None and float(t_max) < temperature:
+        raise DistillationError(
+            f'--distill-temperature-max {t_max} is below --distill-temperature '
+            f'{temperature}: annealing goes from the maximum down'
+        )
+    if t_max is not None and int(opt.get('temperature_anneal_steps') or 0) <= 0:
+        raise DistillationError(
+            '--distill-temperature-max needs --temperature-anneal-steps > 0'
+        )
+    beta = float(opt.get('jsd_beta') if opt.get('jsd_beta') is not None else 0.5)
+    if not 0 <= beta <= 1:
+        raise DistillationError(f'--jsd-beta is {beta}: it must be in [0, 1]')
+    if int(opt.get('intermediate_steps') or 0) < 0:
+        raise DistillationError('--intermediate-steps must be >= 0')
+
+
+def teacher_weights(opt: dict, count: int) -> list[float]:
+    """Normalised weights of ``count`` teachers (``--teacher-weights``, default equal)."""
+    raw = opt.get('teacher_weights')
+    if not raw:
+        return [1.0 / count] * count
+    try:
+        weights = [float(x) for x in str(raw).split(',')]
+    except ValueError:
+        raise DistillationError(
+            f'--teacher-weights {raw!r}: expected comma-separated numbers'
+        ) from None
+    if len(weights) != count or any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise DistillationError(
+            f'--teacher-weights {raw!r}: give {count} non-negative weights, one per '
+            'teacher, not all zero'
+        )
+    return [w / sum(weights) for w in weights]

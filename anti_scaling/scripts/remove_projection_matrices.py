@@ -115,6 +115,10 @@ def plain_opt(opt: dict, model_file: str, output: str) -> dict:
     new['init_opt'] = None
     new['allow_missing_init_opts'] = False
     new.pop('override', None)
+    # Without a saved datatype, ParlAI takes the script's own (eval: valid), so
+    # evaluating builds no optimizer; a saved 'train' would build one, and ParlAI's
+    # default LR scheduler crashes on torch >= 2.7.
+    new.pop('datatype', None)
     return new
 
 

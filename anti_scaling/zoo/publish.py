@@ -69,8 +69,8 @@ class PublishResult:
 
 
 def _check_stripped(model_file: str, opt: dict, states: dict[str, Any]) -> None:
+    from ..agents.options import distillation_option_names
     from ..agents.student import PROJECTION_PREFIX
-    from ..scripts.remove_projection_matrices import distillation_option_names
 
     strip = f'python -m anti_scaling.scripts.remove_projection_matrices {model_file}'
     if any(k.startswith(PROJECTION_PREFIX) for k in states['model']):
