@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import random
 import tempfile
 from typing import Any
 
@@ -42,6 +43,13 @@ from .options import (
 )
 from .plan import HEADWISE_ATTENTION_KINDS, DistillPlan, plan_from_options
 from .shapes import capture_once, check_modules, dry_run_batch, resolve_plan
+from .shortcuts import (
+    check_shared_encoder,
+    freeze,
+    provide_encoder_states,
+    replies_to_labels,
+    sampling_settings,
+)
 from .student import (
     PROJECTION_PREFIX,
     PROJECTIONS_ATTR,
@@ -125,6 +133,12 @@ class DistillationMixin:
                     f'(encoder layers {self.init_layer_maps["encoder"]}, decoder '
                     f'layers {self.init_layer_maps["decoder"]})'
                 )
+        if self.opt.get('freeze_encoder'):
+            count = freeze(model.encoder)
+            logging.info(
+                f'Froze the student encoder ({count} tensors, token embeddings '
+                'included: ParlAI ties them to the decoder and output layer)'
+            )
         return model
 
     def build_lr_scheduler(self, states=None, hard_reset=False):  # noqa: ANN001
@@ -201,22 +215,33 @@ class DistillationMixin:
         gradients. Metrics: see the loss table of DESIGN.md and docs/methods.md.
         """
         plan = self.distill_plan
+        if self.opt.get('freeze_encoder'):
+            self.model.encoder.eval()  # a frozen encoder runs without dropout
         if not plan.uses_teacher:
             return super().compute_loss(batch, return_output)
         step = int(self._number_training_updates)
         weights = plan.weights(step)
         temperature = plan.temperature_at(step)
+        on_policy = self._on_policy_now()
+        if on_policy:
+            batch = self._on_policy_batch(batch)
+            weights['loss'] = 0.0  # no cross-entropy against the student's own samples
         terms = tuple(t for t in plan.terms if weights[t.metric] > 0)
         use_pred = weights['pred_loss'] > 0
         active = dataclasses.replace(plan, terms=terms)
+        encoder_states = self._shared_encoder_states(batch)
         # The teachers run first: their activations are freed before the
         # student's graph is built, so only what the loss needs stays in memory.
         teacher_states, teacher_output = self._run_teachers(
-            batch, active, use_pred, temperature
+            batch, active, use_pred, temperature, encoder_states
         )
         points = active.student_points
         with capture_states(self.model, points) as student_states:
-            task_loss, model_output = super().compute_loss(batch, return_output=True)
+            if encoder_states is not None:
+                with provide_encoder_states(self.model, encoder_states):
+                    task_loss, model_output = self._student_forward(batch, on_policy)
+            else:
+                task_loss, model_output = self._student_forward(batch, on_policy)
 
         context_mask = batch.text_vec != self.NULL_IDX
         label_mask = batch.label_vec != self.NULL_IDX
@@ -251,6 +276,10 @@ class DistillationMixin:
         self.record_local_metric(
             'distill_loss', AverageMetric.many([total.item()] * batch_size)
         )
+        if self.model.training and self._on_policy_fraction:
+            self.record_local_metric(
+                'on_policy', AverageMetric.many([float(on_policy)] * batch_size)
+            )
         if plan.temperature_max:
             self.record_local_metric(
                 'distill_temp', AverageMetric.many([temperature] * batch_size)
@@ -259,6 +288,64 @@ class DistillationMixin:
             return total, model_output
         return total
 
+    def _student_forward(self, batch, on_policy: bool):  # noqa: ANN001
+        """ParlAI's own loss computation; on own samples, its metrics stay silent."""
+        if not on_policy:
+            return super().compute_loss(batch, return_output=True)
+        self._control_local_metrics(disabled=True)
+        try:
+            return super().compute_loss(batch, return_output=True)
+        finally:
+            self._control_local_metrics(enabled=True)
+
+    @property
+    def _on_policy_fraction(self) -> float:
+        return float(self.opt.get('on_policy_fraction') or 0.0)
+
+    def _on_policy_now(self) -> bool:
+        """Whether this training batch uses student samples (never in evaluation)."""
+        if not (self.model.training and self._on_policy_fraction > 0):
+            return False
+        if not hasattr(self, '_on_policy_rng'):
+            self._on_policy_rng = random.Random(self.opt.get('seed') or 0)
+        return self._on_policy_rng.random() < self._on_policy_fraction
+
+    def _on_policy_batch(self, batch):  # noqa: ANN001
+        """A copy of ``batch`` whose labels are replies sampled from the student."""
+        topk = int(self.opt.get('on_policy_topk') or 0) or len(self.dict)
+        self.model.eval()
+        try:
+            with (
+                torch.no_grad(),
+                sampling_settings(
+                    self, float(self.opt.get('on_policy_temperature') or 1.0), topk
+                ),
+            ):
+                preds, _ = self._generate(
+                    batch, 1, int(self.opt.get('on_policy_max_length') or 32)
+                )
+        finally:
+            self.model.train()
+            if self.opt.get('freeze_encoder'):
+                self.model.encoder.eval()
+        labels = replies_to_labels(
+            [p[0] for p in preds], self.START_IDX, self.END_IDX, self.NULL_IDX
+        ).to(batch.label_vec.device)
+        sampled = type(batch)(**dict(batch.items()))
+        sampled.label_vec = labels
+        sampled.labels = None
+        return sampled
+
+    def _shared_encoder_states(self, batch):  # noqa: ANN001
+        """With ``--share-teacher-encoder``, the student encoder's states (run once)."""
+        if not self.opt.get('share_teacher_encoder'):
+            return None
+        xs = self._encoder_input(batch)
+        if self.opt.get('freeze_encoder'):
+            with torch.no_grad():
+                return self.model.encoder(*xs)
+        return self.model.encoder(*xs)
+
     def _record_token_mean(self, name: str, value: losses.TokenMean) -> None:
         self.record_local_metric(
             name, AverageMetric.many(value.total.tolist(), value.count.tolist())
@@ -266,10 +353,11 @@ class DistillationMixin:
 
     def _run_teachers(
         self,
-        batch,
+        batch,  # noqa: ANN001
         plan: DistillPlan,
         use_pred: bool,
-        temperature: float,  # noqa: ANN001
+        temperature: float,
+        encoder_states=None,  # noqa: ANN001
     ):
         """Teacher forward passes (no gradients).
 
@@ -280,6 +368,11 @@ class DistillationMixin:
         """
         need_decoder = use_pred or plan.needs_teacher_decoder
         xs = self._model_input(batch)
+        extra = {}
+        if encoder_states is not None:  # the shared encoder already ran
+            extra['prev_enc'] = tuple(
+                s.detach() if torch.is_tensor(s) else s for s in encoder_states
+            )
         outputs, states = [], {}
         with torch.no_grad():
             for i, teacher in enumerate(self.teachers):
@@ -287,7 +380,7 @@ class DistillationMixin:
                 if i == self.intermediate_teacher:
                     with capture_states(model, plan.teacher_points) as captured:
                         if need_decoder:
-                            outputs.append(model(*xs, ys=batch.label_vec)[:2])
+                            outputs.append(model(*xs, ys=batch.label_vec, **extra)[:2])
                         else:
                             model.encoder(*self._encoder_input(batch))
                     states = captured
@@ -457,6 +550,15 @@ class DistillationMixin:
                 },
             )
         maps = self._layer_maps(opt, layers, teacher_layers)
+        if opt.get('share_teacher_encoder'):
+            check_shared_encoder(
+                self.wide,
+                len(self.teachers),
+                layers['encoder'],
+                teacher_layers['encoder'],
+                self.init_layer_maps.get('encoder', []),
+                bool(opt.get('copy_teacher_weights', True)),
+            )
         plan = plan_from_options(
             opt,
             maps,

@@ -247,6 +247,39 @@ def add_distillation_args(
         'layer maps and inherited options come from.',
     )
     group.add_argument(
+        '--freeze-encoder',
+        type='bool',
+        default=False,
+        help='Do not train the student encoder (nor, since ParlAI ties them, the '
+        'token embeddings and output layer); it runs without dropout.',
+    )
+    group.add_argument(
+        '--on-policy-fraction',
+        type=float,
+        default=0.0,
+        help='GKD on-policy distillation: share of training batches whose labels '
+        'are replaced by replies sampled from the current student; the teacher '
+        'scores them and only the prediction and intermediate terms are used.',
+    )
+    group.add_argument(
+        '--on-policy-temperature',
+        type=float,
+        default=1.0,
+        help='Sampling temperature of on-policy replies.',
+    )
+    group.add_argument(
+        '--on-policy-max-length',
+        type=int,
+        default=32,
+        help='Maximum length in tokens of on-policy replies.',
+    )
+    group.add_argument(
+        '--on-policy-topk',
+        type=int,
+        default=0,
+        help='Sample on-policy replies from the top-k tokens only (0: all tokens).',
+    )
+    group.add_argument(
         '--encoder-layer-map',
         type=str,
         default=None,
@@ -261,6 +294,14 @@ def add_distillation_args(
         help='Same as --encoder-layer-map, for the decoder.',
     )
     if wide:
+        group.add_argument(
+            '--share-teacher-encoder',
+            type='bool',
+            default=False,
+            help='The student keeps the teacher\'s whole encoder: it runs once per '
+            'step and both decoders use its states (with --freeze-encoder true, the '
+            'teacher\'s outputs are exactly its own).',
+        )
         group.add_argument(
             '--copy-teacher-weights',
             type='bool',
@@ -408,6 +449,15 @@ def check_required(opt: dict) -> None:
         raise DistillationError(f'--jsd-beta is {beta}: it must be in [0, 1]')
     if int(opt.get('intermediate_steps') or 0) < 0:
         raise DistillationError('--intermediate-steps must be >= 0')
+    fraction = float(opt.get('on_policy_fraction') or 0)
+    if not 0 <= fraction <= 1:
+        raise DistillationError(
+            f'--on-policy-fraction is {fraction}: it must be in [0, 1]'
+        )
+    if fraction > 0 and float(opt.get('on_policy_temperature') or 1.0) <= 0:
+        raise DistillationError('--on-policy-temperature must be > 0')
+    if fraction > 0 and int(opt.get('on_policy_max_length') or 0) < 1:
+        raise DistillationError('--on-policy-max-length must be >= 1')
 
 
 def teacher_weights(opt: dict, count: int) -> list[float]:

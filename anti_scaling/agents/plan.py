@@ -315,11 +315,15 @@ def plan_from_options(
         plan.projections[name] = (student_width, teacher_width)
         return name
 
-    if coeff('encoder_loss_coeff') > 0:
+    # A shared (identical, reused) encoder has nothing to learn from the teacher.
+    stacks = (
+        ('decoder',) if opt.get('share_teacher_encoder') else ('encoder', 'decoder')
+    )
+    if coeff('encoder_loss_coeff') > 0 and 'encoder' in stacks:
         point = encoder_output()
         pair = StatePair(point, point, 'mse', 'encoder', proj('enc_out'))
         terms.append(DistillTerm('enc_loss', (pair,), coeff('encoder_loss_coeff')))
-    for stack in ('encoder', 'decoder'):
+    for stack in stacks:
         prefix = _STACK_PREFIX[stack]
         mapping = layer_maps[stack]
         if coeff('embedding_loss_coeff') > 0:
