@@ -109,14 +109,48 @@ def test_shared_encoder_needs_the_whole_teacher_encoder(
 
 
 def test_replies_to_labels():
-    start, end, null = 1, 2, 0
+    end, null = 2, 0
     replies = [
-        torch.tensor([start, 5, 6, end, 7]),  # cut after the end token
-        torch.tensor([start, 5, 6, 7]),  # hit the length limit: end appended
-        torch.tensor([end, start, 9, end]),  # BART's seed tokens dropped
+        torch.tensor([5, 6, end, 7]),  # cut after the end token
+        torch.tensor([5, 6, 7]),  # hit the length limit: end appended
+        torch.tensor([end, end]),  # an empty reply
     ]
-    labels = replies_to_labels(replies, start, end, null)
-    assert labels.tolist() == [[5, 6, end, null], [5, 6, 7, end], [9, end, null, null]]
+    labels = replies_to_labels(replies, end, null)
+    assert labels.tolist() == [
+        [5, 6, end, null],
+        [5, 6, 7, end],
+        [end, null, null, null],
+    ]
+
+
+def test_sample_replies_follows_the_model(teacher_file, datapath, tmp_path):
+    """At a tiny temperature, sampling is the model's own greedy decoding."""
+    from anti_scaling.agents.shortcuts import sample_replies
+
+    agent = make_agent(
+        [
+            '-m',
+            'transformer/generator',
+            '-mf',
+            teacher_file,
+            '--skip-generation',
+            'false',
+        ],
+        datapath,
+    )
+    batch = _batch(agent, 4)
+    agent.model.eval()
+    initial = agent._get_initial_decoder_input(4, 1, batch.text_vec.device)
+    samples = sample_replies(
+        agent.model, (batch.text_vec,), initial, 8, 1e-4, 0, agent.END_IDX
+    )
+    greedy, _ = agent._generate(batch, 1, 8)
+    for row, (tokens, _, _) in zip(samples[:, 1:], greedy):
+        # ParlAI ends a hypothesis that reaches the length limit with the end
+        # token; compare what both chose before it
+        expected = [t for t in tokens.tolist() if t != agent.START_IDX][:-1]
+        assert len(expected) >= 3
+        assert row.tolist()[: len(expected)] == expected
 
 
 def test_on_policy_batches_train_on_student_samples(teacher_file, datapath, tmp_path):

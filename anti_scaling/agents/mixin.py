@@ -48,7 +48,7 @@ from .shortcuts import (
     freeze,
     provide_encoder_states,
     replies_to_labels,
-    sampling_settings,
+    sample_replies,
 )
 from .student import (
     PROJECTION_PREFIX,
@@ -312,27 +312,29 @@ class DistillationMixin:
 
     def _on_policy_batch(self, batch):  # noqa: ANN001
         """A copy of ``batch`` whose labels are replies sampled from the student."""
-        topk = int(self.opt.get('on_policy_topk') or 0) or len(self.dict)
+        initial = self._get_initial_decoder_input(
+            batch.text_vec.size(0), 1, batch.text_vec.device
+        )
         self.model.eval()
         try:
-            with (
-                torch.no_grad(),
-                sampling_settings(
-                    self, float(self.opt.get('on_policy_temperature') or 1.0), topk
-                ),
-            ):
-                preds, _ = self._generate(
-                    batch, 1, int(self.opt.get('on_policy_max_length') or 32)
-                )
+            samples = sample_replies(
+                self.model,
+                self._encoder_input(batch),
+                initial,
+                int(self.opt.get('on_policy_max_length') or 32),
+                float(self.opt.get('on_policy_temperature') or 1.0),
+                int(self.opt.get('on_policy_topk') or 0),
+                self.END_IDX,
+            )
         finally:
             self.model.train()
             if self.opt.get('freeze_encoder'):
                 self.model.encoder.eval()
         labels = replies_to_labels(
-            [p[0] for p in preds], self.START_IDX, self.END_IDX, self.NULL_IDX
-        ).to(batch.label_vec.device)
+            list(samples[:, initial.size(1) :]), self.END_IDX, self.NULL_IDX
+        )
         sampled = type(batch)(**dict(batch.items()))
-        sampled.label_vec = labels
+        sampled.label_vec = labels.to(batch.label_vec.device)
         sampled.labels = None
         return sampled
 

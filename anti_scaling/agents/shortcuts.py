@@ -72,38 +72,55 @@ def freeze(module: nn.Module) -> int:
     return len(params)
 
 
-@contextmanager
-def sampling_settings(agent: Any, temperature: float, topk: int) -> Iterator[None]:
-    """Make ``agent._generate`` sample (top-k over ``topk`` tokens, at ``temperature``).
-
-    ParlAI's tree search reads ``opt['inference']`` and ``opt['topk']`` and the
-    agent's ``temperature``; they are restored on exit.
-    """
-    saved = {k: agent.opt.get(k) for k in ('inference', 'topk', 'beam_min_length')}
-    saved_attrs = (agent.temperature, agent.beam_min_length)
-    agent.opt['inference'], agent.opt['topk'] = 'topk', topk
-    agent.temperature, agent.beam_min_length = temperature, 1
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            agent.opt[key] = value
-        agent.temperature, agent.beam_min_length = saved_attrs
-
-
-def replies_to_labels(
-    replies: list[torch.Tensor], start: int, end: int, null: int
+@torch.no_grad()
+def sample_replies(
+    model: nn.Module,
+    encoder_input: tuple,
+    initial: torch.Tensor,
+    max_length: int,
+    temperature: float,
+    topk: int,
+    end: int,
 ) -> torch.Tensor:
+    """Sample one reply per example from ``model``, token by token (incremental decoding).
+
+    ``initial`` ``[B, S]`` seeds the decoder (ParlAI's ``_get_initial_decoder_input``:
+    the start token, or BART's end-start pair). Each step draws from
+    ``softmax(z / temperature)`` restricted to the ``topk`` most likely tokens
+    (0: all). Returns the seed followed by the sampled tokens ``[B, S + n]``; rows
+    that produced ``end`` keep repeating it. A plain sampling loop over ParlAI's
+    decoder and output layer: no beam bookkeeping, so it costs little more than
+    the forward passes themselves.
+    """
+    encoder_states = model.encoder(*encoder_input)
+    tokens, state = initial, None
+    done = torch.zeros(initial.size(0), dtype=torch.bool, device=initial.device)
+    order = torch.arange(initial.size(0), device=initial.device)
+    for _ in range(max_length):
+        hidden, state = model.decoder(tokens, encoder_states, state)
+        logits = model.output(hidden[:, -1:, :])[:, 0, :].float() / temperature
+        if 0 < topk < logits.size(-1):
+            threshold = logits.topk(topk, dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < threshold, float('-inf'))
+        choice = torch.multinomial(torch.softmax(logits, dim=-1), 1)[:, 0]
+        choice = torch.where(done, torch.full_like(choice, end), choice)
+        tokens = torch.cat([tokens, choice.unsqueeze(1)], dim=1)
+        done |= choice == end
+        if bool(done.all()):
+            break
+        state = model.reorder_decoder_incremental_state(state, order)
+    return tokens
+
+
+def replies_to_labels(replies: list[torch.Tensor], end: int, null: int) -> torch.Tensor:
     """Pad sampled replies into a label tensor ``[B, L]`` as ParlAI's batches hold them.
 
-    Leading start/end seed tokens are dropped; each reply ends with ``end``
-    (kept, or appended when the sample hit the length limit).
+    Each reply is cut after its first ``end`` token, or gets one appended when
+    the sample hit the length limit; shorter rows are padded with ``null``.
     """
     rows = []
     for reply in replies:
         tokens = [int(t) for t in reply.tolist()]
-        while tokens and tokens[0] in (start, end) and len(tokens) > 1:
-            tokens = tokens[1:]
         if end in tokens:
             tokens = tokens[: tokens.index(end) + 1]
         else:

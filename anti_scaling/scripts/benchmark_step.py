@@ -107,8 +107,8 @@ def prepare(workdir: str, cfg: argparse.Namespace) -> None:
 
 def teacher_shape(cfg: argparse.Namespace) -> dict:
     return {
-        'n_encoder_layers': cfg.layers,
-        'n_decoder_layers': cfg.layers,
+        'n_encoder_layers': getattr(cfg, 'encoder_layers', None) or cfg.layers,
+        'n_decoder_layers': getattr(cfg, 'decoder_layers', None) or cfg.layers,
         'embedding_size': cfg.teacher_width,
         'ffn_size': 4 * cfg.teacher_width,
         'n_heads': cfg.heads,

@@ -31,10 +31,11 @@ import torch
 TASK = 'anti_scaling.tasks.chitchat'
 DATA = {
     'chitchat_max_conversations': 1500,
-    'history_size': 3,
-    'text_truncate': 64,
-    'label_truncate': 24,
+    'history_size': 2,
+    'text_truncate': 48,
+    'label_truncate': 20,
 }
+REPLY_TOKENS = DATA['label_truncate']
 TEACHER_SHAPE = {
     'n_encoder_layers': 2,
     'n_decoder_layers': 4,
@@ -44,7 +45,7 @@ TEACHER_SHAPE = {
 }
 TRAINING = {
     'task': TASK,
-    'batchsize': 32,
+    'batchsize': 48,
     'optimizer': 'adam',
     'lr_scheduler': 'none',
     'skip_generation': True,
@@ -85,7 +86,7 @@ def build_dictionary(out: str, datapath: str) -> str:
         dict_file=dict_file,
         dict_tokenizer='re',
         dict_lower=True,
-        dict_maxtokens=4000,
+        dict_maxtokens=3000,
         datapath=datapath,
         loglevel='warn',
         **{k: v for k, v in DATA.items() if k.startswith('chitchat')},
@@ -141,7 +142,12 @@ def opening_turns(datapath: str, count: int) -> list[str]:
 
 
 def generation_seconds(model_file: str, datapath: str, texts: list[str]) -> float:
-    """Mean seconds per greedy reply (batch size 1, two warm-up replies excluded)."""
+    """Mean seconds per reply of exactly ``REPLY_TOKENS`` tokens.
+
+    Decoding is greedy (beam size 1) with the minimum length set to the maximum,
+    so every model generates the same number of tokens and the times compare
+    compute, not reply lengths. Batch size 1; two warm-up replies excluded.
+    """
     from parlai.core.agents import create_agent_from_model_file
     from parlai.core.message import Message
 
@@ -151,8 +157,9 @@ def generation_seconds(model_file: str, datapath: str, texts: list[str]) -> floa
             'model': 'transformer/generator',
             'datapath': datapath,
             'skip_generation': False,
-            'inference': 'greedy',
-            'beam_min_length': 1,
+            'inference': 'beam',
+            'beam_size': 1,
+            'beam_min_length': REPLY_TOKENS,
             **DATA,
         },
     )
@@ -283,8 +290,8 @@ def main(argv: list[str] | None = None) -> int:
 
     t = _step(
         f'evaluating every model as a plain transformer/generator '
-        f'({args.eval_examples} valid examples; greedy generation on '
-        f'{args.generation_examples} opening turns, batch size 1)'
+        f'({args.eval_examples} valid examples; greedy replies of {REPLY_TOKENS} '
+        f'tokens to {args.generation_examples} opening turns, batch size 1)'
     )
     texts = opening_turns(datapath, args.generation_examples)
     rows = []

@@ -1,0 +1,120 @@
+"""What the faster distillation methods save (a benchmark, not a test).
+
+    python -m anti_scaling.scripts.benchmark_methods shared-encoder [--steps 20]
+    python -m anti_scaling.scripts.benchmark_methods on-policy [--steps 20]
+
+On the same batches of real conversations, interleaved step by step, it times
+training steps of several variants of one student and prints the median step
+time of each and its ratio to the first:
+
+- ``shared-encoder``: a BlenderBot-shaped teacher (2 encoder, 8 decoder layers)
+  and a wide student keeping its encoder (2 + 2 layers); the student's own
+  encoder and the teacher's, versus one frozen encoder run once per step
+  (``--share-teacher-encoder true --freeze-encoder true``).
+- ``on-policy``: a narrow student with a prediction-layer loss, on the labels
+  versus on replies sampled from itself (``--on-policy-fraction 1``): the cost of
+  an on-policy step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+
+from .benchmark_step import _flag_args, _parse, load_batches, prepare
+
+WIDE = 'anti_scaling.distillation:DistillTransformerAgent'
+NARROW = 'anti_scaling.distillation:DistillNarrowTransformerAgent'
+
+
+def variants(kind: str, cfg: argparse.Namespace) -> list[tuple[str, list[str]]]:
+    """(name, agent arguments) of each variant compared by ``kind``."""
+    if kind == 'shared-encoder':
+        base = ['-m', WIDE, '--n-decoder-layers', '2']
+        base += _flag_args({'pred_loss_coeff': 1.0, 'hidden_loss_coeff': 1.0})
+        return [
+            ('own encoders (student trains its encoder)', base),
+            (
+                'frozen student encoder, teacher re-encodes',
+                base + ['--freeze-encoder', 'true'],
+            ),
+            (
+                'shared frozen encoder, run once',
+                base + ['--freeze-encoder', 'true', '--share-teacher-encoder', 'true'],
+            ),
+        ]
+    base = ['-m', NARROW, '--embedding-size', str(cfg.student_width)]
+    base += ['--ffn-size', str(4 * cfg.student_width), '--n-heads', str(cfg.heads)]
+    base += _flag_args({'pred_loss_coeff': 1.0, 'pred_loss_type': 'jsd'})
+    length = ['--on-policy-max-length', str(cfg.label_truncate)]
+    return [
+        ('on the labels (off-policy)', base),
+        (
+            'on student samples (on-policy)',
+            base + ['--on-policy-fraction', '1', *length],
+        ),
+    ]
+
+
+def build(workdir: str, args: list[str], name: str):
+    from parlai.core.agents import create_agent
+
+    common = ['-dp', f'{workdir}/data', '--loglevel', 'error', '--optimizer', 'adam']
+    common += ['-lr', '1e-4', '--lr-scheduler', 'none', '--teacher-model']
+    common += [f'{workdir}/teacher', '-mf', f'{workdir}/{name}/model']
+    torch.manual_seed(0)
+    return create_agent(_parse([*common, *args]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('kind', choices=['shared-encoder', 'on-policy'])
+    parser.add_argument('--steps', type=int, default=20)
+    parser.add_argument('--warmup', type=int, default=2)
+    parser.add_argument('--batchsize', type=int, default=32)
+    parser.add_argument('--text-truncate', type=int, default=128)
+    parser.add_argument('--label-truncate', type=int, default=32)
+    parser.add_argument('--vocab', type=int, default=8000)
+    parser.add_argument('--heads', type=int, default=4)
+    parser.add_argument('--teacher-width', type=int, default=256)
+    parser.add_argument('--student-width', type=int, default=128)
+    parser.add_argument('--threads', type=int, default=2)
+    cfg = parser.parse_args(argv)
+    cfg.layers, cfg.memory_steps = 4, 0
+    if cfg.kind == 'shared-encoder':
+        cfg.encoder_layers, cfg.decoder_layers = 2, 8
+    torch.set_num_threads(cfg.threads)
+    with tempfile.TemporaryDirectory() as workdir:
+        prepare(workdir, cfg)
+        batches = load_batches(workdir, cfg.steps + cfg.warmup)
+        agents = [
+            (name, build(workdir, args, f'v{i}'))
+            for i, (name, args) in enumerate(variants(cfg.kind, cfg))
+        ]
+        times: dict[str, list[float]] = {name: [] for name, _ in agents}
+        for step, batch in enumerate(batches):
+            for name, agent in agents:
+                start = time.perf_counter()
+                agent.train_step(batch)
+                elapsed = time.perf_counter() - start
+                agent._local_metrics.clear()  # batch_act would hand these to the world
+                if step >= cfg.warmup:
+                    times[name].append(elapsed)
+    print(
+        f'{cfg.kind}: {cfg.steps} timed steps after {cfg.warmup} warm-up, batch '
+        f'{cfg.batchsize}, contexts up to {cfg.text_truncate} tokens, {cfg.threads} threads'
+    )
+    first = statistics.median(times[agents[0][0]])
+    for name, _ in agents:
+        median = statistics.median(times[name])
+        print(f'  {name:<48} {1000 * median:8.1f} ms   x{median / first:.3f}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
