@@ -65,6 +65,7 @@ STACKS = ('encoder', 'decoder')
 # so that projections and their optimizer state can be stripped exactly.
 OPTIMIZER_PARAM_NAMES = 'optimizer_param_names'
 _SHARED = (
+    'teacher_cache',
     'teachers',
     'teacher',
     'teacher_mix',
@@ -230,11 +231,21 @@ class DistillationMixin:
         use_pred = weights['pred_loss'] > 0
         active = dataclasses.replace(plan, terms=terms)
         encoder_states = self._shared_encoder_states(batch)
-        # The teachers run first: their activations are freed before the
-        # student's graph is built, so only what the loss needs stays in memory.
-        teacher_states, teacher_output = self._run_teachers(
-            batch, active, use_pred, temperature, encoder_states
-        )
+        cached = None
+        if self.teacher_cache is not None:
+            cached = self.teacher_cache.lookup(
+                batch.text_vec,
+                batch.label_vec,
+                self.NULL_IDX,
+                allow_missing=not self.model.training,
+            )
+            teacher_states, teacher_output = {}, None
+        else:
+            # The teachers run first: their activations are freed before the
+            # student's graph is built, so only what the loss needs stays in memory.
+            teacher_states, teacher_output = self._run_teachers(
+                batch, active, use_pred, temperature, encoder_states
+            )
         points = active.student_points
         with capture_states(self.model, points) as student_states:
             if encoder_states is not None:
@@ -253,7 +264,18 @@ class DistillationMixin:
             label_mask,
             getattr(self.model, PROJECTIONS_ATTR, None),
         )
-        if use_pred:
+        if cached is not None:
+            found = label_mask & cached.found[:, None]
+            if use_pred:
+                values['pred_loss'] = losses.topk_prediction_kl(
+                    model_output[0],
+                    cached.ids,
+                    cached.logprobs,
+                    cached.rest,
+                    found,
+                    temperature,
+                )
+        elif use_pred:
             values['pred_loss'] = losses.prediction_loss(
                 plan.pred_kind,
                 model_output[0],
@@ -271,6 +293,14 @@ class DistillationMixin:
             self._record_token_mean(
                 'teacher_acc',
                 losses.token_agreement(model_output[1], teacher_output[1], label_mask),
+            )
+        elif cached is not None:
+            self._record_token_mean(
+                'teacher_acc',
+                losses.cached_agreement(model_output[1], cached.ids, found),
+            )
+            self.record_local_metric(
+                'cache_hits', AverageMetric.many(cached.found.float().tolist())
             )
         batch_size = label_mask.size(0)
         self.record_local_metric(
@@ -407,7 +437,13 @@ class DistillationMixin:
     # set-up ---------------------------------------------------------------------
 
     def _check_dictionary(self) -> None:
-        """The student's dictionary (complete, fp16 padding included) is the teacher's."""
+        """The student's dictionary (complete, fp16 padding included) is the teacher's.
+
+        With a teacher-output cache the teacher is not built; the cache's own
+        fingerprint (the dictionary's content and options) is checked instead.
+        """
+        if self.teacher.model is None:
+            return
         teacher_dict = self.teacher.dict
         if self.dict.tok2ind != teacher_dict.tok2ind:
             raise DistillationError(
@@ -451,6 +487,7 @@ class DistillationMixin:
                 expected=self.teacher_family,
                 excluded=self.teacher_excluded,
                 overrides={'no_cuda': bool(opt.get('no_cuda', False))},
+                weights=self._teacher_weights_needed(opt),
             )
             for path in paths
         ]
@@ -469,6 +506,54 @@ class DistillationMixin:
                     f'teachers {self.teacher.path} and {other.path} have different '
                     'dictionaries: averaged soft targets need one shared vocabulary'
                 )
+
+    def _teacher_weights_needed(self, opt: Opt) -> bool:
+        """A cache replaces the teacher, except to initialise a new wide student."""
+        if not opt.get('teacher_cache'):
+            return True
+        resuming = any(
+            opt.get(key) and os.path.isfile(opt[key])
+            for key in ('init_model', 'model_file')
+        )
+        return (
+            self.wide and bool(opt.get('copy_teacher_weights', True)) and not resuming
+        )
+
+    def _open_teacher_cache(self, opt: Opt) -> None:
+        """Open ``--teacher-cache`` and check it fits this run (before any work)."""
+        self.teacher_cache = None
+        path = opt.get('teacher_cache')
+        if not path:
+            return
+        plan = self.distill_plan
+        problems = []
+        if plan.terms:
+            problems.append(
+                'intermediate terms need the live teacher (set '
+                + ', '.join(sorted({t.metric for t in plan.terms}))
+                + ' to 0)'
+            )
+        if plan.pred_kind != 'kl':
+            problems.append(
+                f'--pred-loss-type {plan.pred_kind} (only kl has a top-k form)'
+            )
+        if len(self.teachers) > 1:
+            problems.append('several teachers')
+        if float(opt.get('on_policy_fraction') or 0) > 0:
+            problems.append('on-policy batches (their samples are not cached)')
+        if plan.temperature_max:
+            problems.append('temperature annealing (a cache holds one temperature)')
+        if problems:
+            raise DistillationError(
+                '--teacher-cache gives prediction-layer targets only; this run also '
+                'asks for ' + '; '.join(problems)
+            )
+        from ..cache import open_for_run
+
+        self.teacher_cache = open_for_run(
+            path, self.teacher.path, opt.get('dict_file'), opt
+        )
+        logging.info(f'Prediction targets come from the teacher cache {path}')
 
     def _prepare_distillation(self, opt: Opt) -> Opt:
         """Load the teachers, complete and check the student's options, plan the loss.
@@ -578,6 +663,7 @@ class DistillationMixin:
         self.distill_plan = dataclasses.replace(
             plan, terms=plan.terms + tuple(config_terms)
         )
+        self._open_teacher_cache(opt)
         return opt
 
     def _layer_maps(

@@ -247,6 +247,14 @@ def add_distillation_args(
         'layer maps and inherited options come from.',
     )
     group.add_argument(
+        '--teacher-cache',
+        type=str,
+        default=None,
+        help='Read the prediction targets from a teacher-output cache (built with '
+        'python -m anti_scaling.scripts.cache_teacher_outputs) instead of running '
+        'the teacher; only the task and forward-KL prediction terms can be used.',
+    )
+    group.add_argument(
         '--freeze-encoder',
         type='bool',
         default=False,

@@ -27,18 +27,26 @@ class Teacher:
     """A frozen teacher: its model (eval mode, no gradients), dictionary and options."""
 
     path: str
-    model: TorchGeneratorModel
+    model: TorchGeneratorModel | None
     dict: DictionaryAgent
     opt: Opt
     agent_class: type
 
+    def _layers(self, stack: str) -> int:
+        if self.model is not None:
+            return len(getattr(self.model, stack).layers)
+        specific = self.opt.get(f'n_{stack}_layers')
+        if specific is not None and int(specific) > 0:
+            return int(specific)
+        return int(self.opt['n_layers'])
+
     @property
     def n_encoder_layers(self) -> int:
-        return len(self.model.encoder.layers)
+        return self._layers('encoder')
 
     @property
     def n_decoder_layers(self) -> int:
-        return len(self.model.decoder.layers)
+        return self._layers('decoder')
 
     @property
     def width(self) -> int:
@@ -124,17 +132,22 @@ def load_teacher(
     expected: type,
     excluded: tuple = (),
     overrides: dict[str, Any] | None = None,
+    weights: bool = True,
 ) -> Teacher:
     """Load (or reuse) the teacher model of ``model_file``.
 
     The teacher is built with ``datatype=valid`` (no optimizer), put in eval mode
     with every parameter frozen, and cached for the process: later calls with the
     same file (same modification time) and overrides return the same object.
+    With ``weights=False`` only its options and dictionary are read (a run that
+    takes its targets from a teacher-output cache needs no teacher model).
     """
     path = resolve_model_file(model_file, datapath)
     opt = read_model_opt(path)
     agent_class = model_class_of(opt, path)
     check_teacher_kind(agent_class, expected, excluded, path)
+    if not weights:
+        return _teacher_without_weights(path, opt, agent_class)
     overrides = dict(overrides or {})
     stat = os.stat(path)
     key = (
@@ -172,6 +185,27 @@ def load_teacher(
     teacher = Teacher(path, model, agent.dict, agent.opt, agent_class)
     _CACHE[key] = teacher
     return teacher
+
+
+def _teacher_without_weights(path: str, opt: Opt, agent_class: type) -> Teacher:
+    """A teacher's options and dictionary, without building its model."""
+    dict_opt = Opt(opt)
+    if os.path.isfile(path + '.dict'):
+        dict_opt['dict_file'] = path + '.dict'
+    try:
+        dictionary = agent_class.dictionary_class()(dict_opt)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ''
+        raise DistillationError(
+            f'could not read the dictionary of teacher {path}: {type(e).__name__}: {first}'
+        ) from None
+    return Teacher(
+        path,
+        None,
+        dictionary,
+        Opt({**opt, 'dict_file': dict_opt['dict_file']}),
+        agent_class,
+    )
 
 
 def clear_teacher_cache() -> None:

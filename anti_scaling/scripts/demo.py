@@ -50,7 +50,7 @@ TRAINING = {
     'lr_scheduler': 'none',
     'skip_generation': True,
     'validation_every_n_epochs': -1,
-    'validation_max_exs': 256,
+    'validation_max_exs': 64,
     'short_final_eval': True,
     'log_every_n_secs': 20,
     'loglevel': 'warn',
@@ -211,8 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         default=1.0,
         help='training budget of the teacher; each student gets half of it',
     )
-    parser.add_argument('--eval-examples', type=int, default=512)
-    parser.add_argument('--generation-examples', type=int, default=40)
+    parser.add_argument('--eval-examples', type=int, default=256)
+    parser.add_argument('--generation-examples', type=int, default=20)
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))

@@ -1,0 +1,427 @@
+"""Sequence-level distillation data: the teacher's own replies as labels.
+
+    python -m anti_scaling.scripts.generate_pseudo_labels --teacher-model T -t TASK \\
+        --output FILE.jsonl [-dt train] [-bs 32] [-dp DP] \\
+        [--inference beam --beam-size 4 | --inference nucleus --topp 0.9 | ...] \\
+        [--min-teacher-score S | --drop-worst-fraction F] \\
+        [--history-replies gold|teacher] [--overwrite true] [task and text options...]
+
+The teacher generates a reply for every example of the split (generation flags
+exactly as ParlAI's ``TorchGeneratorAgent``: ``--inference``, ``--beam-size``,
+``--topp``, ``--topk``, ``--temperature``, ``--beam-min-length``, blocking...;
+unset ones keep the teacher's saved values), and the examples are written in
+ParlAI's Conversations format, so a student trains on them with
+``-t jsonfile --jsonfile-datapath FILE.jsonl`` and any of our agents (Kim and
+Rush 2016, sequence-level KD; DistilBART's pseudo-labels). ``FILE.metadata``
+(next to it) records the teacher, the settings and the counts.
+
+Contexts (``--history-replies``):
+
+- ``gold`` (default, as DistilBART: gold inputs, teacher outputs as labels): the
+  teacher replies to the task's own contexts, whose history holds the task's
+  gold replies, and the student sees exactly those contexts. A multi-turn
+  episode is therefore written as one single-turn conversation per example whose
+  text is the gold history joined with ``--delimiter`` (ParlAI's jsonfile would
+  otherwise put the *teacher's* replies into later turns' history). Each
+  flattened context is checked to vectorise to the same ids as in the task; if
+  it cannot (e.g. ``--person-tokens true``, or several gold labels, of which
+  ParlAI's history takes a random one), the script stops and says so.
+  Single-turn tasks keep their structure unchanged.
+- ``teacher``: episodes keep their structure, and later turns' history holds the
+  teacher's own earlier replies (the teacher generates with ``--use-reply
+  model``), so every label is the teacher's reply to exactly the context the
+  student will see; contexts then differ from the task's after the first turn.
+
+Filter: each reply's score is the teacher's length-normalised log-probability
+of it, ``(1/n) sum_t log p_T(y_t | y_<t, x)`` over its ``n`` label tokens (end
+token included) as the student will see them (re-tokenised and truncated),
+at temperature 1, from a forced-decoding pass (the same for every decoding
+method). ``--min-teacher-score S`` drops replies scoring below ``S``;
+``--drop-worst-fraction F`` drops the ``floor(F * N)`` lowest-scoring ones (ties:
+later examples first kept). With ``--history-replies teacher`` an episode is
+cut at its first dropped reply (later contexts contain it). The counts are
+logged and returned.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import parlai.utils.logging as logging
+import torch
+from parlai.core.message import Message
+from parlai.core.params import ParlaiParser
+from parlai.core.script import ParlaiScript
+from parlai.core.torch_agent import Batch, Output
+
+from ..cache import fingerprint as fp
+from ..errors import DistillationError, install_excepthook
+from ..fileio import atomic_write
+from ..teacher_runs import (
+    BatchTap,
+    add_teacher_model_arg,
+    create_teacher_agent,
+    forced_scores,
+    label_vector,
+    pad,
+    run_world,
+    split_datatype,
+    task_world,
+)
+
+HISTORY_MODES = ('gold', 'teacher')
+CONTEXT_SPEAKER = 'partner'
+TEACHER_SPEAKER = 'teacher'
+METADATA_VERSION = '0.1'  # parlai.utils.conversations.Metadata.version()
+
+
+def setup_args(parser: ParlaiParser | None = None) -> ParlaiParser:
+    """ParlAI's parser with the task, the teacher's options (generation flags
+    included) and this script's flags."""
+    if parser is None:
+        parser = ParlaiParser(True, True, 'Write the teacher\'s replies as a dataset')
+    add_teacher_model_arg(parser)
+    group = parser.add_argument_group('Pseudo-labels')
+    group.add_argument('--output', type=str, default=None, help='The .jsonl to write.')
+    group.add_argument(
+        '--history-replies',
+        type=str,
+        default='gold',
+        choices=list(HISTORY_MODES),
+        help='Replies in later turns\' history: the task\'s gold ones (contexts '
+        'equal the task\'s; multi-turn episodes become one example each) or the '
+        'teacher\'s own (episodes kept).',
+    )
+    group.add_argument(
+        '--min-teacher-score',
+        type=float,
+        default=None,
+        help='Drop replies whose mean teacher log-probability per token is below this.',
+    )
+    group.add_argument(
+        '--drop-worst-fraction',
+        type=float,
+        default=0.0,
+        help='Drop this fraction of the replies, the lowest-scoring first.',
+    )
+    group.add_argument(
+        '--overwrite', type='bool', default=False, help='Replace an existing output.'
+    )
+    parser.set_defaults(batchsize=32, datatype='train')
+    return parser
+
+
+# ---------------------------------------------------------------------------
+# The filter (pure functions)
+# ---------------------------------------------------------------------------
+
+
+def select_replies(
+    scores: list[float],
+    min_score: float | None = None,
+    drop_worst_fraction: float = 0.0,
+) -> list[bool]:
+    """Which replies to keep, in order.
+
+    ``min_score``: keep ``score >= min_score`` (NaN scores are dropped).
+    ``drop_worst_fraction`` ``F`` in ``[0, 1)``: drop exactly ``floor(F * N)``
+    replies, the lowest scores first (NaN lowest; among equal scores the later
+    example is dropped first). At most one of the two may be set.
+    """
+    if min_score is not None and drop_worst_fraction:
+        raise DistillationError(
+            'give either --min-teacher-score or --drop-worst-fraction, not both'
+        )
+    if not 0 <= drop_worst_fraction < 1:
+        raise DistillationError(
+            f'--drop-worst-fraction is {drop_worst_fraction}: it must be in [0, 1)'
+        )
+    n = len(scores)
+    if min_score is not None:
+        return [not math.isnan(s) and s >= min_score for s in scores]
+    n_drop = math.floor(drop_worst_fraction * n)
+    order = sorted(
+        range(n),
+        key=lambda i: (-math.inf if math.isnan(scores[i]) else scores[i], -i),
+    )
+    dropped = set(order[:n_drop])
+    return [i not in dropped for i in range(n)]
+
+
+def cut_episodes(
+    episodes: list[list[Any]], keep: list[bool]
+) -> tuple[list[list[Any]], int]:
+    """Cut each episode at its first dropped example; ``keep`` is per example, in
+    episode order. Returns the kept episode prefixes (empty ones left out) and
+    the number of examples removed."""
+    out, removed, i = [], 0, 0
+    for episode in episodes:
+        flags = keep[i : i + len(episode)]
+        i += len(episode)
+        n = flags.index(False) if False in flags else len(flags)
+        removed += len(episode) - n
+        if n:
+            out.append(episode[:n])
+    return out, removed
+
+
+# ---------------------------------------------------------------------------
+# Generation
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Example:
+    text: str  # the context as written to the dataset
+    reply: str
+    score: float
+    gold: list[str]
+
+
+@dataclass
+class _Slot:
+    """One batch row's stream of episodes (ParlAI's batch worlds keep one per row)."""
+
+    examples: list[_Example] = field(default_factory=list)
+    history: list[str] = field(default_factory=list)
+
+
+class _Generator:
+    """Per batch: generate, score, and collect examples by episode."""
+
+    def __init__(self, agent: Any, mode: str):
+        from parlai.core.agents import create_agent_from_shared
+
+        self.agent = agent
+        self.mode = mode
+        self.slots: dict[int, _Slot] = {}
+        self.episodes: list[list[_Example]] = []
+        self.delimiter = agent.opt.get('delimiter', '\n')
+        history_size = agent.opt.get('history_size', -1)
+        self.history_size = int(history_size) if history_size is not None else -1
+        self.scratch = create_agent_from_shared(agent.share())
+        self.tap = BatchTap(agent, self.step)
+
+    def step(self, batch: Batch, observations: list[Message]) -> Output | None:
+        agent = self.agent
+        if batch.text_vec is None:
+            return None
+        maxlen = agent.label_truncate or 256
+        beam_preds_scores, _ = agent._generate(
+            batch, agent.beam_size, maxlen, prefix_tokens=agent.get_prefix_tokens(batch)
+        )
+        replies = [agent._v2t(pred[0]) for pred in beam_preds_scores]
+        scores = self._scores(batch, observations, replies)
+        for slot_index, obs, reply, score in zip(
+            batch.valid_indices, observations, replies, scores
+        ):
+            self._add(int(slot_index), obs, reply, score)
+        return Output(replies)
+
+    def _scores(
+        self, batch: Batch, observations: list[Message], replies: list[str]
+    ) -> list[float]:
+        """Mean teacher log-probability per label token of each reply (T = 1)."""
+        agent = self.agent
+        vectors = [label_vector(agent, o, r) for o, r in zip(observations, replies)]
+        label_vec = pad(vectors, agent.NULL_IDX).to(batch.text_vec.device)
+        logits = forced_scores(agent, batch, batch.text_vec, label_vec).float()
+        log_p = torch.log_softmax(logits, dim=-1)
+        token = log_p.gather(-1, label_vec.unsqueeze(-1)).squeeze(-1)
+        mask = label_vec != agent.NULL_IDX
+        total = torch.where(mask, token, torch.zeros_like(token)).sum(dim=1)
+        return (total / mask.sum(dim=1).clamp(min=1)).tolist()
+
+    def _add(self, slot_index: int, obs: Message, reply: str, score: float) -> None:
+        slot = self.slots.setdefault(slot_index, _Slot())
+        gold = list(obs.get('eval_labels') or obs.get('labels') or [])
+        text = obs['text']
+        if self.mode == 'gold':
+            text = self._flat_context(slot.history, text)
+            if slot.history:
+                self._check_flat_context(text, obs)
+            slot.history.append(obs['text'])
+            if gold:
+                slot.history.append(gold[0])
+        slot.examples.append(_Example(text, reply, score, gold))
+        if obs.get('episode_done'):
+            if self.mode == 'gold':
+                self.episodes.extend([e] for e in slot.examples)
+            else:
+                self.episodes.append(slot.examples)
+            self.slots[slot_index] = _Slot()
+
+    def _flat_context(self, history: list[str], text: str) -> str:
+        """The gold history and ``text`` as one text, as ParlAI's history joins them."""
+        utterances = [*history, text]
+        if self.history_size > 0:
+            utterances = utterances[-self.history_size :]
+        return self.delimiter.join(utterances)
+
+    def _check_flat_context(self, text: str, obs: Message) -> None:
+        """A flattened gold context must vectorise to the ids the task gives."""
+        seen = self.scratch.observe(Message({'text': text, 'episode_done': True}))
+        vec = seen.get('text_vec')
+        self.scratch.reset()
+        if vec is None or not torch.equal(
+            torch.as_tensor(vec), torch.as_tensor(obs['text_vec'])
+        ):
+            raise DistillationError(
+                'with --history-replies gold, multi-turn episodes are written as '
+                'one example per turn whose text is the gold history joined with '
+                '--delimiter, but here that text does not vectorise to the ids the '
+                'task gives (person tokens, several gold labels or a task-specific '
+                'history change the context): use --history-replies teacher, or '
+                'turn person tokens off'
+            )
+
+    def finish(self) -> list[list[_Example]]:
+        """Every episode, in the order they ended (unfinished ones included)."""
+        for slot in self.slots.values():
+            if slot.examples:
+                self.episodes.append(slot.examples)
+        self.slots = {}
+        return self.episodes
+
+
+# ---------------------------------------------------------------------------
+# Writing
+# ---------------------------------------------------------------------------
+
+
+def conversation_line(episode: list[_Example]) -> str:
+    """One episode as one line of ParlAI's Conversations format."""
+    dialog = [
+        [
+            {'id': CONTEXT_SPEAKER, 'text': e.text},
+            {
+                'id': TEACHER_SPEAKER,
+                'text': e.reply,
+                'teacher_score': e.score,
+                'gold_labels': e.gold,
+            },
+        ]
+        for e in episode
+    ]
+    return json.dumps({'dialog': dialog}, ensure_ascii=False)
+
+
+def metadata_path(output: str) -> str:
+    """Where ParlAI's Conversations looks for the metadata of ``output``."""
+    return os.path.splitext(output)[0] + '.metadata'
+
+
+GENERATION_KEYS = (
+    'inference',
+    'beam_size',
+    'topk',
+    'topp',
+    'temperature',
+    'beam_min_length',
+    'beam_length_penalty',
+    'beam_block_ngram',
+    'beam_context_block_ngram',
+    'beam_block_full_context',
+    'beam_delay',
+    'beam_block_list_filename',
+    'compute_tokenized_bleu',
+    'label_truncate',
+    'text_truncate',
+    'truncate',
+)
+
+
+class GeneratePseudoLabels(ParlaiScript):
+    """``python -m anti_scaling.scripts.generate_pseudo_labels`` (see the module doc)."""
+
+    @classmethod
+    def setup_args(cls) -> ParlaiParser:
+        return setup_args()
+
+    def run(self) -> dict[str, Any]:
+        opt = self.opt
+        output = opt.get('output')
+        if not output:
+            raise DistillationError('--output is required: the .jsonl file to write')
+        if not opt.get('task'):
+            raise DistillationError('-t/--task is required: the data to reply to')
+        output = os.path.abspath(output)
+        if os.path.exists(output) and not opt.get('overwrite'):
+            raise DistillationError(
+                f'{output} already exists: pass --overwrite true to replace it'
+            )
+        min_score = opt.get('min_teacher_score')
+        fraction = float(opt.get('drop_worst_fraction') or 0.0)
+        select_replies([], min_score, fraction)  # bad filter flags fail here
+        mode = opt.get('history_replies') or 'gold'
+        split = (opt.get('datatype') or 'train').split(':')[0]
+        split_datatype(split)
+        agent = create_teacher_agent(
+            opt, use_reply='label' if mode == 'gold' else 'model'
+        )
+        generator = _Generator(agent, mode)
+        run_world(task_world(opt, agent, split), f'teacher replies ({split})')
+        episodes = generator.finish()
+        examples = [e for episode in episodes for e in episode]
+        keep = select_replies([e.score for e in examples], min_score, fraction)
+        by_score = keep.count(False)
+        kept, removed = cut_episodes(episodes, keep)
+        n_kept = sum(len(e) for e in kept)
+        lines = [conversation_line(episode) for episode in kept]
+        atomic_write(
+            output, lambda fh: fh.write(''.join(line + '\n' for line in lines))
+        )
+        summary = {
+            'output': output,
+            'examples': len(examples),
+            'kept': n_kept,
+            'dropped': len(examples) - n_kept,
+            'dropped_by_score': by_score,
+            'episodes': len(kept),
+            'history_replies': mode,
+            'min_teacher_score': min_score,
+            'drop_worst_fraction': fraction,
+            'mean_teacher_score': (
+                sum(e.score for e in examples) / len(examples) if examples else None
+            ),
+        }
+        teacher_path = agent.opt['model_file']
+        metadata = {
+            'date': str(datetime.datetime.now()),
+            'opt': {
+                'task': opt['task'],
+                'datatype': split,
+                'teacher_model': os.path.abspath(teacher_path),
+                **{k: agent.opt.get(k) for k in GENERATION_KEYS},
+            },
+            'self_chat': False,
+            'speakers': [CONTEXT_SPEAKER, TEACHER_SPEAKER],
+            'version': METADATA_VERSION,
+            'teacher': fp.teacher_fingerprint(teacher_path),
+            'summary': summary,
+        }
+        atomic_write(
+            metadata_path(output), lambda fh: json.dump(metadata, fh, indent=1)
+        )
+        logging.info(
+            f'Wrote {output}: {n_kept} of {len(examples)} examples kept '
+            f'({by_score} dropped by the score filter, {removed - by_score} more by '
+            f'episode cuts), {len(kept)} episodes. Train with -t jsonfile '
+            f'--jsonfile-datapath {output}'
+        )
+        return summary
+
+
+def main(args: list[str] | None = None) -> dict[str, Any]:
+    """Entry point: one line on bad input, the summary dict otherwise."""
+    install_excepthook()
+    return GeneratePseudoLabels.main(*(args or []))
+
+
+if __name__ == '__main__':
+    main()
