@@ -2,6 +2,7 @@
 
     python -m anti_scaling.scripts.benchmark_methods shared-encoder [--steps 20]
     python -m anti_scaling.scripts.benchmark_methods on-policy [--steps 20]
+    python -m anti_scaling.scripts.benchmark_methods cache [--steps 20] [--top-k 32]
 
 On the same batches of real conversations, interleaved step by step, it times
 training steps of several variants of one student and prints the median step
@@ -14,6 +15,10 @@ time of each and its ratio to the first:
 - ``on-policy``: a narrow student with a prediction-layer loss, on the labels
   versus on replies sampled from itself (``--on-policy-fraction 1``): the cost of
   an on-policy step.
+- ``cache``: a narrow student of under a quarter of the teacher's compute with a
+  prediction-layer loss, the live teacher versus a top-k teacher-output cache
+  (``--teacher-cache``, built first with ``cache_teacher_outputs``); also the
+  cache's size per 1,000 label tokens.
 """
 
 from __future__ import annotations
@@ -29,6 +34,10 @@ import torch
 from .benchmark_step import _flag_args, _parse, load_batches, prepare
 
 WIDE = 'anti_scaling.distillation:DistillTransformerAgent'
+TASK = 'anti_scaling.tasks.chitchat'
+# The benchmark's batches are the first examples of the train split; the cache
+# covers the first conversations of it (the same order).
+CACHED_CONVERSATIONS = 60
 NARROW = 'anti_scaling.distillation:DistillNarrowTransformerAgent'
 
 
@@ -50,6 +59,13 @@ def variants(kind: str, cfg: argparse.Namespace) -> list[tuple[str, list[str]]]:
         ]
     base = ['-m', NARROW, '--embedding-size', str(cfg.student_width)]
     base += ['--ffn-size', str(4 * cfg.student_width), '--n-heads', str(cfg.heads)]
+    if kind == 'cache':
+        base += ['--n-layers', '2', '--pred-loss-coeff', '1']
+        base += ['-t', TASK, '--chitchat-max-conversations', str(CACHED_CONVERSATIONS)]
+        return [
+            ('live teacher', base),
+            (f'teacher cache (top-{cfg.top_k})', base + ['--teacher-cache', cfg.cache]),
+        ]
     base += _flag_args({'pred_loss_coeff': 1.0, 'pred_loss_type': 'jsd'})
     length = ['--on-policy-max-length', str(cfg.label_truncate)]
     return [
@@ -73,7 +89,8 @@ def build(workdir: str, args: list[str], name: str):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('kind', choices=['shared-encoder', 'on-policy'])
+    parser.add_argument('kind', choices=['shared-encoder', 'on-policy', 'cache'])
+    parser.add_argument('--top-k', type=int, default=32)
     parser.add_argument('--steps', type=int, default=20)
     parser.add_argument('--warmup', type=int, default=2)
     parser.add_argument('--batchsize', type=int, default=32)
@@ -88,10 +105,14 @@ def main(argv: list[str] | None = None) -> int:
     cfg.layers, cfg.memory_steps = 4, 0
     if cfg.kind == 'shared-encoder':
         cfg.encoder_layers, cfg.decoder_layers = 2, 8
+    if cfg.kind == 'cache':
+        cfg.student_width = min(cfg.student_width, cfg.teacher_width * 3 // 8)
     torch.set_num_threads(cfg.threads)
     with tempfile.TemporaryDirectory() as workdir:
         prepare(workdir, cfg)
         batches = load_batches(workdir, cfg.steps + cfg.warmup)
+        if cfg.kind == 'cache':
+            cfg.cache, size = build_cache(workdir, cfg)
         agents = [
             (name, build(workdir, args, f'v{i}'))
             for i, (name, args) in enumerate(variants(cfg.kind, cfg))
@@ -112,8 +133,41 @@ def main(argv: list[str] | None = None) -> int:
     first = statistics.median(times[agents[0][0]])
     for name, _ in agents:
         median = statistics.median(times[name])
-        print(f'  {name:<48} {1000 * median:8.1f} ms   x{median / first:.3f}')
+        print(
+            f'  {name:<48} {1000 * median:8.1f} ms   x{median / first:.3f} time, '
+            f'x{first / median:.2f} steps per second'
+        )
+    if cfg.kind == 'cache':
+        print(f'  cache size: {size:.1f} kB per 1,000 label tokens')
     return 0
+
+
+def build_cache(workdir: str, cfg: argparse.Namespace) -> tuple[str, float]:
+    """Cache the teacher's top-k outputs on the benchmark's examples."""
+    from .cache_teacher_outputs import main as cache_main
+
+    cache = f'{workdir}/cache'
+    summary = cache_main(
+        [
+            '--teacher-model',
+            f'{workdir}/teacher',
+            '-t',
+            TASK,
+            '--chitchat-max-conversations',
+            str(CACHED_CONVERSATIONS),
+            '--cache-dir',
+            cache,
+            '--top-k',
+            str(cfg.top_k),
+            '-dp',
+            f'{workdir}/data',
+            '-bs',
+            str(cfg.batchsize),
+            '--loglevel',
+            'error',
+        ]
+    )
+    return cache, summary['bytes_per_1000_label_tokens'] / 1000
 
 
 if __name__ == '__main__':
