@@ -16,6 +16,13 @@ class DistillationError(ValueError):
     """Bad input for a distillation run or script, found before any work started."""
 
 
+def describe_exception(exc: BaseException) -> str:
+    """``'TypeName: first line of the message'``, for one-line error messages."""
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else ''
+    return f'{type(exc).__name__}: {first}' if first else type(exc).__name__
+
+
 def _excepthook(exc_type, exc, tb, _previous=sys.excepthook):  # noqa: ANN001
     if issubclass(exc_type, DistillationError) and not os.environ.get(
         'ANTI_SCALING_TRACEBACK'

@@ -61,7 +61,7 @@ from typing import Any
 import parlai.utils.logging as logging
 import torch
 
-from .errors import DistillationError
+from .errors import DistillationError, describe_exception
 from .fileio import atomic_path
 
 INSTALL_HINT = "pip install 'anti-scaling[fairseq]'"
@@ -85,11 +85,6 @@ _UNSUPPORTED_TAIL = (
 )
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 # fairseq, when it is needed -------------------------------------------------------
 
 
@@ -109,7 +104,7 @@ def require_fairseq(purpose: str) -> Any:
     except Exception as e:  # fairseq 0.12.2 on 3.11: ValueError (mutable default)
         raise DistillationError(
             f'{purpose} needs fairseq, but the installed one does not import on '
-            f'this Python ({type(e).__name__}: {_first_line(e)}): {INSTALL_HINT}'
+            f'this Python ({describe_exception(e)}): {INSTALL_HINT}'
         ) from None
     return fairseq
 
@@ -173,8 +168,9 @@ def _unsafe_globals(path: str, error: BaseException) -> list[str]:
 
 def _load_error_reason(error: BaseException) -> str:
     match = re.search(r'WeightsUnpickler error:\s*(\S.*)', str(error))
-    reason = match.group(1) if match else _first_line(error)
-    return f'{type(error).__name__}: {reason.strip()[:160]}'
+    if match:
+        return f'{type(error).__name__}: {match.group(1).strip()[:160]}'
+    return describe_exception(error)[:200]
 
 
 def load_fairseq_checkpoint(path: str, trust: bool = False) -> dict[str, Any]:
@@ -841,7 +837,7 @@ def convert_fairseq_bart(
         except Exception as e:
             raise DistillationError(
                 f'{checkpoint}: fairseq could not rebuild the model for --verify '
-                f'({type(e).__name__}: {_first_line(e)[:160]})'
+                f'({describe_exception(e)[:200]})'
             ) from None
         diff = logits_max_abs_diff(fairseq_model, converted.model)
         if not math.isfinite(diff) or diff > tolerance:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -48,3 +49,12 @@ def atomic_copy(src: str, dst: str) -> None:
     """Copy ``src`` to ``dst`` (contents and mode) so that ``dst`` is never partial."""
     with atomic_path(dst) as tmp:
         shutil.copy2(src, tmp)
+
+
+def sha256_of(path: str) -> str:
+    """Hex SHA-256 of a file's contents (read in 1 MiB blocks)."""
+    digest = hashlib.sha256()
+    with open(path, 'rb') as fh:
+        for block in iter(lambda: fh.read(1 << 20), b''):
+            digest.update(block)
+    return digest.hexdigest()

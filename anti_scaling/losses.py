@@ -74,20 +74,7 @@ def masked_mse(
 
     Only real tokens are projected, so padding costs nothing.
     """
-    if student.shape[:2] != teacher.shape[:2] or mask.shape != student.shape[:2]:
-        raise ValueError(
-            f'masked_mse: shapes disagree: student {tuple(student.shape)}, '
-            f'teacher {tuple(teacher.shape)}, mask {tuple(mask.shape)}'
-        )
-    s = student[mask]
-    if projection is not None:
-        s = projection(s)
-    t = teacher[mask].to(s.dtype)
-    if s.size(-1) != t.size(-1):
-        raise ValueError(
-            f'masked_mse: student width {s.size(-1)} != teacher width {t.size(-1)}; '
-            'a projection is needed'
-        )
+    s, t = _masked_states('masked_mse', student, teacher, mask, projection)
     per_token = (s - t).pow(2).mean(dim=-1)
     return _per_example(per_token, mask)
 

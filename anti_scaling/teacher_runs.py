@@ -23,7 +23,7 @@ from parlai.core.torch_generator_agent import TorchGeneratorAgent
 from parlai.core.worlds import World
 
 from .agents.teacher import read_model_opt
-from .errors import DistillationError
+from .errors import DistillationError, describe_exception
 
 # Fields of an observation that belong to its label (dropped before re-vectorising
 # the same context with another label).
@@ -99,9 +99,8 @@ def create_teacher_agent(opt: Opt, **overrides: Any) -> TorchGeneratorAgent:
     except DistillationError:
         raise
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ''
         raise DistillationError(
-            f'could not load teacher {path}: {type(e).__name__}: {first}'
+            f'could not load teacher {path}: {describe_exception(e)}'
         ) from None
     if not isinstance(agent, TorchGeneratorAgent) or agent.model is None:
         raise DistillationError(
@@ -206,10 +205,8 @@ def task_world(opt: Opt, agent: TorchGeneratorAgent, split: str) -> World:
     except DistillationError:
         raise
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ''
         raise DistillationError(
-            f"cannot run task {opt.get('task')!r} ({split}): {type(e).__name__}: "
-            f'{first}'
+            f"cannot run task {opt.get('task')!r} ({split}): {describe_exception(e)}"
         ) from None
 
 

@@ -37,7 +37,7 @@ import os
 import re
 from typing import Any
 
-from ..errors import DistillationError
+from ..errors import DistillationError, describe_exception
 from .capture import CapturePoint
 from .plan import OBJECTIVES, POSITIONS, SCORE_OBJECTIVES, DistillTerm, StatePair
 
@@ -72,9 +72,9 @@ def read_config(path: str) -> dict[str, Any]:
         else:
             data = json.loads(text)
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ''
+        kind = 'YAML' if path.endswith(('.yaml', '.yml')) else 'JSON'
         raise DistillationError(
-            f'--distill-config {path}: not valid {"YAML" if path.endswith(("yaml", "yml")) else "JSON"} ({first})'
+            f'--distill-config {path}: not valid {kind} ({describe_exception(e)})'
         ) from None
     if isinstance(data, list):
         data = {'terms': data}

@@ -17,7 +17,7 @@ from parlai.core.loader import load_agent_module
 from parlai.core.opt import Opt
 from parlai.core.torch_generator_agent import TorchGeneratorModel
 
-from ..errors import DistillationError
+from ..errors import DistillationError, describe_exception
 
 ZOO_PREFIXES = ('zoo:', 'models:', 'izoo:')
 
@@ -109,7 +109,7 @@ def model_class_of(opt: dict, model_file: str) -> type:
     except Exception as e:  # ParlAI raises several types for an unknown model
         raise DistillationError(
             f"{model_file}: cannot load its model class {opt['model']!r} "
-            f'({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""})'
+            f'({describe_exception(e)})'
         ) from None
 
 
@@ -172,9 +172,8 @@ def load_teacher(
     except DistillationError:
         raise
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ''
         raise DistillationError(
-            f'could not load teacher {path}: {type(e).__name__}: {first}'
+            f'could not load teacher {path}: {describe_exception(e)}'
         ) from None
     if agent is None or not isinstance(getattr(agent, 'model', None), torch.nn.Module):
         raise DistillationError(f'{path} did not load as a ParlAI generator model')
@@ -195,9 +194,8 @@ def _teacher_without_weights(path: str, opt: Opt, agent_class: type) -> Teacher:
     try:
         dictionary = agent_class.dictionary_class()(dict_opt)
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ''
         raise DistillationError(
-            f'could not read the dictionary of teacher {path}: {type(e).__name__}: {first}'
+            f'could not read the dictionary of teacher {path}: {describe_exception(e)}'
         ) from None
     return Teacher(
         path,

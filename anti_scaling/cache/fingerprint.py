@@ -16,12 +16,12 @@ a run (empty when compatible).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from typing import Any
 
-from ..errors import DistillationError
+from ..errors import DistillationError, describe_exception
+from ..fileio import sha256_of
 
 # Dictionary options that change how text becomes ids (the file's content is
 # compared by hash; its path may differ).
@@ -63,11 +63,7 @@ def file_sha256(path: str) -> str:
     stat = os.stat(path)
     memo_key = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
     if memo_key not in _SHA_MEMO:
-        digest = hashlib.sha256()
-        with open(path, 'rb') as fh:
-            for block in iter(lambda: fh.read(1 << 20), b''):
-                digest.update(block)
-        _SHA_MEMO[memo_key] = digest.hexdigest()
+        _SHA_MEMO[memo_key] = sha256_of(path)
     return _SHA_MEMO[memo_key]
 
 
@@ -131,8 +127,7 @@ def task_option_names(task: str, opt: dict) -> list[str]:
         parser.add_task_args(task, Opt(dict(opt)))
     except Exception as e:  # an unknown task: ParlAI raises several types
         raise DistillationError(
-            f'cannot load task {task!r} ({type(e).__name__}: '
-            f'{str(e).splitlines()[0] if str(e) else ""})'
+            f'cannot load task {task!r} ({describe_exception(e)})'
         ) from None
     added = {action.dest for action in parser._actions} - before
     return sorted(added - _NOT_TASK_OPTIONS)

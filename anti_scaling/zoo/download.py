@@ -28,7 +28,6 @@ with its size returns at once; anything else is downloaded again.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import http.client
 import json
 import os
@@ -44,7 +43,7 @@ from typing import Any
 
 from .. import __version__
 from ..errors import DistillationError
-from ..fileio import atomic_write
+from ..fileio import atomic_write, sha256_of
 from .manifest import (
     NAME_PATTERN,
     Catalog,
@@ -89,15 +88,6 @@ def models_root(datapath: str | None) -> str:
 def model_dir(datapath: str | None, name: str) -> str:
     """The directory model ``name`` is installed in (it may not exist)."""
     return os.path.join(models_root(datapath), name)
-
-
-def sha256_of(path: str) -> str:
-    """Hex SHA-256 of a file's contents."""
-    digest = hashlib.sha256()
-    with open(path, 'rb') as fh:
-        for block in iter(lambda: fh.read(CHUNK), b''):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # installed models ---------------------------------------------------------------

@@ -36,7 +36,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import DistillationError
+from ..errors import DistillationError, describe_exception
 from ..fileio import atomic_write
 
 FORMAT = 1
@@ -303,8 +303,7 @@ def read_manifest(path: str, packaged: bool = False) -> dict[str, ZooModel]:
         raise DistillationError(f'zoo manifest not found: {path}') from None
     except (OSError, ValueError) as e:
         raise DistillationError(
-            f'zoo manifest {path} is unreadable: {type(e).__name__}: '
-            f'{str(e).splitlines()[0] if str(e) else ""}'
+            f'zoo manifest {path} is unreadable: {describe_exception(e)}'
         ) from None
     directory = None if packaged else os.path.dirname(os.path.abspath(path))
     return parse_manifest(data, path, directory)

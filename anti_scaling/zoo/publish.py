@@ -31,8 +31,7 @@ from typing import Any
 
 from .. import __version__
 from ..errors import DistillationError
-from ..fileio import atomic_path
-from .download import sha256_of
+from ..fileio import atomic_path, sha256_of
 from .manifest import (
     NAME_PATTERN,
     ZooFile,
