@@ -39,3 +39,17 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# The chitchat distillation experiment (docs/chitchat_results.md). Long-running
+# (teacher ~45 min, students and report a few hours on 2 CPU cores): run it in the
+# background, e.g. `nohup make chitchat-experiment > runs/chitchat.log 2>&1 &`.
+# Finished steps are skipped on a rerun; models and logs go to runs/chitchat.
+.PHONY: chitchat-teacher chitchat-experiment chitchat-report
+chitchat-teacher: $(STAMP)
+	$(BIN)/python -m anti_scaling.scripts.chitchat_experiment teacher --out runs/chitchat
+
+chitchat-experiment: $(STAMP)
+	$(BIN)/python -m anti_scaling.scripts.chitchat_experiment all --out runs/chitchat --docs docs/chitchat
+
+chitchat-report: $(STAMP)
+	$(BIN)/python -m anti_scaling.scripts.chitchat_experiment report --out runs/chitchat --docs docs/chitchat

@@ -75,7 +75,7 @@ def masked_mse(
     Only real tokens are projected, so padding costs nothing.
     """
     s, t = _masked_states('masked_mse', student, teacher, mask, projection)
-    per_token = (s - t).pow(2).mean(dim=-1)
+    per_token = F.mse_loss(s, t, reduction='none').mean(dim=-1)
     return _per_example(per_token, mask)
 
 
@@ -142,8 +142,8 @@ def attention_score_mse(
     heads = student_scores.size(0) // batch
     s = student_scores.view(batch, heads, q_len, k_len)
     t = teacher_scores.view(batch, heads, q_len, k_len).to(s.dtype)
-    sq = torch.where(valid.unsqueeze(1), (s - t).pow(2), s.new_zeros(()))
-    total = sq.sum(dim=(1, 2, 3))
+    diff = (s - t).masked_fill_(~valid.unsqueeze(1), 0.0)
+    total = diff.pow(2).sum(dim=(1, 2, 3))
     count = valid.sum(dim=(1, 2)).to(total.dtype) * heads
     return TokenMean(total, count)
 
