@@ -10,6 +10,14 @@
 
 from __future__ import annotations
 
+try:
+    import parlai  # noqa: F401
+except ModuleNotFoundError as error:  # installed without the README's first step
+    raise ModuleNotFoundError(
+        'anti_scaling needs ParlAI 1.7.2, installed without its dependency list: '
+        'pip install -c constraints.txt --no-deps parlai==1.7.2 (see README.md)'
+    ) from error
+
 from parlai.agents.bart.bart import BartAgent
 from parlai.agents.transformer.transformer import TransformerGeneratorAgent
 from parlai.core.opt import Opt
