@@ -94,11 +94,20 @@ def prediction_kl(
 
     The ``T^2`` factor keeps gradient magnitudes comparable across temperatures
     (Hinton et al. 2015). Logits of ``-inf`` (or ParlAI's ``-1e20``) are safe.
+    Computed as the soft-target cross-entropy ``-sum_v p_v log q_v`` (one fused
+    kernel) minus the teacher's entropy, which carries no gradient.
     """
     _check_temperature(temperature)
     s, t = _select_logits('prediction_kl', student_logits, teacher_logits, mask)
-    kl = _kl_rows(_log_softmax(t, temperature), _log_softmax(s, temperature))
-    return _per_example(kl * temperature**2, mask)
+    with torch.no_grad():
+        log_p = _log_softmax(t, temperature)
+        p = log_p.exp()
+        neg_entropy = torch.einsum('nv,nv->n', p, log_p)
+    s = s / temperature if temperature != 1 else s
+    if bool(torch.isinf(s).any()):
+        s = s.clamp(min=_LOGIT_FLOOR)
+    cross = F.cross_entropy(s, p, reduction='none')
+    return _per_example((cross + neg_entropy) * temperature**2, mask)
 
 
 def token_agreement(
@@ -211,7 +220,9 @@ def _log_softmax(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """``log softmax(z / T)`` over the last dim, with ``-inf`` logits made finite."""
     if temperature != 1:
         logits = logits / temperature
-    return F.log_softmax(logits.clamp(min=_LOGIT_FLOOR), dim=-1)
+    if bool(torch.isinf(logits).any()):  # ParlAI masks with -1e20, others with -inf
+        logits = logits.clamp(min=_LOGIT_FLOOR)
+    return F.log_softmax(logits, dim=-1)
 
 
 def _kl_rows(log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
@@ -363,11 +374,7 @@ def prediction_loss(
     ``beta`` is used by ``'jsd'`` only.
     """
     if kind == 'kl':
-        _check_temperature(temperature)
-        s, t = _select_logits('prediction_loss', student_logits, teacher_logits, mask)
-        log_q = _log_softmax(s, temperature)
-        log_p = _log_softmax(t, temperature)
-        return _per_example(_kl_rows(log_p, log_q) * temperature**2, mask)
+        return prediction_kl(student_logits, teacher_logits, mask, temperature)
     if kind == 'reverse_kl':
         return reverse_prediction_kl(student_logits, teacher_logits, mask, temperature)
     if kind == 'jsd':
