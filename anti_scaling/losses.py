@@ -104,7 +104,7 @@ def prediction_kl(
         p = log_p.exp()
         neg_entropy = torch.einsum('nv,nv->n', p, log_p)
     s = s / temperature if temperature != 1 else s
-    if bool(torch.isinf(s).any()):
+    if _has_inf(s):
         s = s.clamp(min=_LOGIT_FLOOR)
     cross = F.cross_entropy(s, p, reduction='none')
     return _per_example((cross + neg_entropy) * temperature**2, mask)
@@ -220,9 +220,15 @@ def _log_softmax(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """``log softmax(z / T)`` over the last dim, with ``-inf`` logits made finite."""
     if temperature != 1:
         logits = logits / temperature
-    if bool(torch.isinf(logits).any()):  # ParlAI masks with -1e20, others with -inf
+    if _has_inf(logits):  # ParlAI masks with -1e20, others with -inf
         logits = logits.clamp(min=_LOGIT_FLOOR)
     return F.log_softmax(logits, dim=-1)
+
+
+def _has_inf(logits: torch.Tensor) -> bool:
+    """Whether any logit is infinite (one reduction: a sum of finite float32
+    logits, even ParlAI's ``-1e20``, stays finite)."""
+    return not bool(torch.isfinite(logits.float().sum()))
 
 
 def _kl_rows(log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:

@@ -209,14 +209,15 @@ def forward_flops(model: torch.nn.Module, batch) -> float:
 def time_steps(workdir: str, cfg: argparse.Namespace) -> dict:
     distill, plain, teacher_model = build_agents(workdir, cfg)
     batches = load_batches(workdir, cfg.steps + cfg.warmup)
+    clock = time.process_time if cfg.clock == 'cpu' else time.perf_counter
     a_times, b_times = [], []
     for i, batch in enumerate(batches):
-        start = time.perf_counter()
+        start = clock()
         distill_step(distill, batch)
-        a = time.perf_counter() - start
-        start = time.perf_counter()
+        a = clock() - start
+        start = clock()
         baseline_step(plain, teacher_model, batch)
-        b = time.perf_counter() - start
+        b = clock() - start
         if i >= cfg.warmup:
             a_times.append(a)
             b_times.append(b)
@@ -270,7 +271,7 @@ def peak_memory(workdir: str, cfg: argparse.Namespace, mode: str) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--steps', type=int, default=30)
+    parser.add_argument('--steps', type=int, default=20)
     parser.add_argument('--warmup', type=int, default=3)
     parser.add_argument('--memory-steps', type=int, default=8)
     parser.add_argument('--batchsize', type=int, default=32)
@@ -278,10 +279,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--label-truncate', type=int, default=32)
     parser.add_argument('--vocab', type=int, default=8000)
     parser.add_argument('--layers', type=int, default=4)
-    parser.add_argument('--heads', type=int, default=4)
-    parser.add_argument('--teacher-width', type=int, default=256)
-    parser.add_argument('--student-width', type=int, default=128)
+    parser.add_argument('--heads', type=int, default=8)
+    parser.add_argument('--teacher-width', type=int, default=512)
+    parser.add_argument('--student-width', type=int, default=256)
     parser.add_argument('--threads', type=int, default=2)
+    parser.add_argument(
+        '--clock',
+        choices=['wall', 'cpu'],
+        default='wall',
+        help='wall: elapsed time; cpu: process CPU time (with --threads 1, robust '
+        'to other processes sharing the machine)',
+    )
     parser.add_argument('--memory-mode', choices=['distill', 'baseline'], default=None)
     parser.add_argument('--workdir', default=None, help=argparse.SUPPRESS)
     parser.add_argument('--skip-memory', action='store_true')
@@ -301,7 +309,7 @@ def run(workdir: str, cfg: argparse.Namespace, argv: list[str]) -> int:
     print(
         f'teacher {cfg.layers}+{cfg.layers} layers width {cfg.teacher_width}; student '
         f'width {cfg.student_width}; batch {cfg.batchsize}; {cfg.steps} timed steps '
-        f'after {cfg.warmup} warm-up; {cfg.threads} threads',
+        f'after {cfg.warmup} warm-up; {cfg.threads} threads; {cfg.clock} clock',
         flush=True,
     )
     r = time_steps(workdir, cfg)
