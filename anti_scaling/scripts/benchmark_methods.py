@@ -101,6 +101,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--teacher-width', type=int, default=256)
     parser.add_argument('--student-width', type=int, default=128)
     parser.add_argument('--threads', type=int, default=2)
+    parser.add_argument(
+        '--clock',
+        choices=['wall', 'cpu'],
+        default='wall',
+        help='wall: elapsed time; cpu: process CPU time (robust with --threads 1)',
+    )
     cfg = parser.parse_args(argv)
     cfg.layers, cfg.memory_steps = 4, 0
     if cfg.kind == 'shared-encoder':
@@ -118,17 +124,19 @@ def main(argv: list[str] | None = None) -> int:
             for i, (name, args) in enumerate(variants(cfg.kind, cfg))
         ]
         times: dict[str, list[float]] = {name: [] for name, _ in agents}
+        clock = time.process_time if cfg.clock == 'cpu' else time.perf_counter
         for step, batch in enumerate(batches):
             for name, agent in agents:
-                start = time.perf_counter()
+                start = clock()
                 agent.train_step(batch)
-                elapsed = time.perf_counter() - start
+                elapsed = clock() - start
                 agent._local_metrics.clear()  # batch_act would hand these to the world
                 if step >= cfg.warmup:
                     times[name].append(elapsed)
     print(
         f'{cfg.kind}: {cfg.steps} timed steps after {cfg.warmup} warm-up, batch '
-        f'{cfg.batchsize}, contexts up to {cfg.text_truncate} tokens, {cfg.threads} threads'
+        f'{cfg.batchsize}, contexts up to {cfg.text_truncate} tokens, {cfg.threads} '
+        f'threads, {cfg.clock} clock'
     )
     first = statistics.median(times[agents[0][0]])
     for name, _ in agents:
