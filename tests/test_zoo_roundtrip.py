@@ -235,3 +235,29 @@ def test_publish_bad_input(tiny_model, tmp_path, kwargs, problem):
     with pytest.raises(DistillationError, match=problem):
         publish_model(tiny_model, output_dir=str(tmp_path / 'dist'), **args)
     assert not (tmp_path / 'dist').exists()
+
+
+def test_distilling_from_a_zoo_teacher(tiny_model, tmp_path, monkeypatch):
+    """`--teacher-model zoo:anti_scaling/NAME/model` through a real training run."""
+    from helpers import train
+
+    result = publish_model(tiny_model, 'zoo-teacher', str(tmp_path / 'dist'))
+    monkeypatch.setenv(ENV_MANIFEST, result.manifest)
+    datapath = str(tmp_path / 'data')
+    student = str(tmp_path / 'student' / 'model')
+    train(
+        datapath,
+        model='anti_scaling.distillation:DistillNarrowTransformerAgent',
+        teacher_model=zoo_path('zoo-teacher'),
+        model_file=student,
+        embedding_size=8,
+        n_heads=2,
+        pred_loss_coeff=1.0,
+        max_train_steps=4,
+        batchsize=4,
+    )
+    installed = os.path.join(model_dir(datapath, 'zoo-teacher'), 'model')
+    with open(student + '.dict') as a, open(installed + '.dict') as b:
+        assert a.read() == b.read()
+    with open(student + '.opt') as fh:
+        assert json.load(fh)['teacher_model'] == zoo_path('zoo-teacher')
