@@ -158,25 +158,10 @@ def load_teacher(
     )
     if key in _CACHE:
         return _CACHE[key]
-    agent_opt = Opt(
-        {
-            'model_file': path,
-            'datapath': datapath,
-            'override': {'datatype': 'valid', **overrides},
-        }
-    )
-    add_datapath_and_model_args(agent_opt)
     logging.info(f'Loading teacher from {path}')
-    try:
-        agent = create_agent_from_opt_file(agent_opt)
-    except DistillationError:
-        raise
-    except Exception as e:
-        raise DistillationError(
-            f'could not load teacher {path}: {describe_exception(e)}'
-        ) from None
-    if agent is None or not isinstance(getattr(agent, 'model', None), torch.nn.Module):
-        raise DistillationError(f'{path} did not load as a ParlAI generator model')
+    agent = load_generator_agent(
+        path, datapath, {'datatype': 'valid', **overrides}, role='teacher'
+    )
     model = agent.model
     model.eval()
     for param in model.parameters():
@@ -184,6 +169,31 @@ def load_teacher(
     teacher = Teacher(path, model, agent.dict, agent.opt, agent_class)
     _CACHE[key] = teacher
     return teacher
+
+
+def load_generator_agent(
+    path: str, datapath: str | None, overrides: dict[str, Any], role: str = 'model'
+) -> Any:
+    """Build the ParlAI agent saved in ``path`` with ``overrides`` on its options.
+
+    Raises :class:`DistillationError` (one line naming ``role`` and ``path``) when
+    ParlAI cannot build it or it is not a generator with a ``torch`` model.
+    """
+    agent_opt = Opt(
+        {'model_file': path, 'datapath': datapath, 'override': dict(overrides)}
+    )
+    add_datapath_and_model_args(agent_opt)
+    try:
+        agent = create_agent_from_opt_file(agent_opt)
+    except DistillationError:
+        raise
+    except Exception as e:
+        raise DistillationError(
+            f'could not load {role} {path}: {describe_exception(e)}'
+        ) from None
+    if agent is None or not isinstance(getattr(agent, 'model', None), torch.nn.Module):
+        raise DistillationError(f'{path} did not load as a ParlAI generator model')
+    return agent
 
 
 def _teacher_without_weights(path: str, opt: Opt, agent_class: type) -> Teacher:

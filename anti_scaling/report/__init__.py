@@ -1,0 +1,13 @@
+"""The distillation report: quality against speed for a teacher and its students.
+
+Split by job:
+
+- :mod:`.models`: check the inputs and load every model with ParlAI;
+- :mod:`.evaluation`: the test examples, ParlAI's teacher-forced metrics
+  (perplexity, token accuracy), teacher agreement, F1 and BLEU;
+- :mod:`.timing`: generation, timed on CPU, interleaved across models;
+- :mod:`.writing`: the JSON, the Markdown table and the plot;
+- :mod:`.build`: :func:`~.build.build_report`, which runs them in order.
+
+The command line is :mod:`anti_scaling.scripts.distill_report`.
+"""

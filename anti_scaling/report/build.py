@@ -1,0 +1,225 @@
+"""Build a distillation report: check, load, evaluate, time, write."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import sys
+from dataclasses import dataclass, field
+
+import parlai
+import torch
+from tqdm import tqdm
+
+from ..errors import DistillationError
+from .evaluation import (
+    agreement,
+    bleu,
+    collect_examples,
+    open_task,
+    teacher_forced,
+    text_metrics,
+)
+from .models import Model, check_inputs, load_models
+from .timing import decoding_options, time_generation
+from .writing import check_output, write_report
+
+ARCH_KEYS = ('embedding_size', 'ffn_size', 'n_heads')
+SAMPLES = 3
+
+
+@dataclass
+class ReportSettings:
+    """What to compare, on which examples, and how (see the CLI for each field)."""
+
+    teacher: str
+    students: list[str]
+    out: str
+    task: str
+    datapath: str
+    labels: list[str] | None = None
+    num_examples: int = 200
+    batchsize: int = 1
+    eval_batchsize: int = 32
+    beam_size: int = 4
+    warmup: int = 2
+    datatype: str = 'test'
+    threads: int | None = None
+    task_args: list[str] = field(default_factory=list)
+    overwrite: bool = False
+    progress: bool = True
+    command: str = ''
+
+
+def _check_numbers(s: ReportSettings) -> None:
+    for name in ('num_examples', 'batchsize', 'eval_batchsize', 'beam_size'):
+        if getattr(s, name) < 1:
+            raise DistillationError(f"--{name.replace('_', '-')} must be >= 1")
+    if s.warmup < 0:
+        raise DistillationError('--warmup must be >= 0')
+    if not s.students:
+        raise DistillationError('--students needs at least one model file')
+
+
+def _architecture(model: Model) -> dict:
+    opt = model.agent.opt
+    arch = {
+        'model': opt.get('model'),
+        'n_encoder_layers': len(model.agent.model.encoder.layers),
+        'n_decoder_layers': len(model.agent.model.decoder.layers),
+    }
+    arch.update({k: opt.get(k) for k in ARCH_KEYS})
+    arch['text_truncate'] = model.agent.text_truncate
+    return arch
+
+
+def _ratio(value: float, reference: float) -> float | None:
+    return value / reference if reference else None
+
+
+def _generate(s: ReportSettings, models: list[Model], examples: list) -> tuple:
+    """Every model's replies and timings, per decoding; and the decoding options."""
+    decodings = ['greedy'] + (['beam'] if s.beam_size > 1 else [])
+    options = {d: decoding_options(d, s.beam_size) for d in decodings}
+    generations = {}
+    for d in decodings:
+        with tqdm(
+            total=len(examples) * len(models),
+            desc=f'generation ({d})',
+            unit='reply',
+            disable=not s.progress,
+        ) as bar:
+            generations[d] = time_generation(
+                [m.agent for m in models],
+                examples,
+                options[d],
+                s.batchsize,
+                s.warmup,
+                bar.update,
+            )
+    return generations, options
+
+
+def _rows(models: list[Model], forced: list, generations: dict, examples: list) -> list:
+    """One dict of figures per model (the teacher first)."""
+    references = [ex.labels[0] for ex in examples]
+    teacher_s = {
+        d: gens[0].summary()['mean_s_per_reply'] for d, gens in generations.items()
+    }
+    rows = []
+    for i, m in enumerate(models):
+        row = {
+            'label': m.label,
+            'path': m.path,
+            'role': 'teacher' if m.is_teacher else 'student',
+            'architecture': _architecture(m),
+            'params': m.params,
+            **forced[i].metrics,
+            'teacher_agreement': agreement(
+                forced[i].predictions, forced[0].predictions
+            ),
+            'generation': {},
+        }
+        for d, gens in generations.items():
+            stats = gens[i].summary()
+            row['generation'][d] = {
+                **text_metrics(gens[i].replies, examples),
+                'bleu_ref': bleu(gens[i].replies, references),
+                'bleu_teacher': bleu(gens[i].replies, gens[0].replies),
+                **stats,
+                'speedup': teacher_s[d] / stats['mean_s_per_reply'],
+            }
+        rows.append(row)
+    for row in rows:
+        row['retained'] = {
+            'token_acc': _ratio(row['token_acc'], rows[0]['token_acc']),
+            **{
+                f'f1_{d}': _ratio(
+                    row['generation'][d]['f1'], rows[0]['generation'][d]['f1']
+                )
+                for d in generations
+            },
+        }
+    return rows
+
+
+def _settings(s: ReportSettings, models: list[Model], n: int, options: dict) -> dict:
+    return {
+        'task': s.task,
+        'task_args': list(s.task_args),
+        'datatype': s.datatype,
+        'num_examples': n,
+        'requested_examples': s.num_examples,
+        'batchsize': s.batchsize,
+        'eval_batchsize': s.eval_batchsize,
+        'beam_size': s.beam_size,
+        'decodings': list(options),
+        'decoding_options': options,
+        # ParlAI's generation stops at label_truncate tokens, else at 256.
+        'max_reply_tokens': models[0].agent.label_truncate or 256,
+        'warmup_batches': s.warmup,
+        'threads': torch.get_num_threads(),
+        'cpu_count': os.cpu_count(),
+        'torch': torch.__version__,
+        'parlai': getattr(parlai, '__version__', None),
+        'python': platform.python_version(),
+        'date': datetime.datetime.now().isoformat(timespec='seconds'),
+        'command': s.command or ' '.join(sys.argv),
+    }
+
+
+def build_report(s: ReportSettings) -> dict:
+    """Evaluate the teacher and every student on the same examples; write the report.
+
+    Every check on the inputs (output folder, model files, task, loading,
+    dictionaries) runs before any evaluation and raises
+    :class:`DistillationError` with one line. Returns the report (what
+    ``report.json`` holds: settings, one row per model, a few sample replies,
+    and every reply and reference the text figures come from).
+    """
+    _check_numbers(s)
+    check_output(s.out, s.overwrite)
+    inputs = check_inputs(s.teacher, s.students, s.labels)
+    task = open_task(s.task, s.datatype, s.datapath, s.task_args)
+    if s.threads:
+        torch.set_num_threads(s.threads)
+    models = load_models(inputs, s.datapath)
+    examples = collect_examples(task, models[0].agent, s.num_examples)
+    if not examples:
+        raise DistillationError(f'-t {s.task} ({s.datatype}) gave no labelled example')
+
+    with tqdm(
+        total=len(examples) * len(models),
+        desc='teacher forcing',
+        unit='ex',
+        disable=not s.progress,
+    ) as bar:
+        forced = [
+            teacher_forced(m.agent, examples, s.eval_batchsize, bar.update)
+            for m in models
+        ]
+    generations, options = _generate(s, models, examples)
+    greedy = generations['greedy']
+    report = {
+        'settings': _settings(s, models, len(examples), options),
+        'models': _rows(models, forced, generations, examples),
+        'samples': [
+            {
+                'context_end': ' '.join(ex.context.split()[-30:]),
+                'reference': ex.labels[0],
+                'replies': {
+                    m.label: greedy[i].replies[j] for i, m in enumerate(models)
+                },
+            }
+            for j, ex in enumerate(examples[:SAMPLES])
+        ],
+        # Everything the text figures are computed from, to check or recompute them.
+        'references': [ex.labels[0] for ex in examples],
+        'replies': {
+            d: {m.label: gens[i].replies for i, m in enumerate(models)}
+            for d, gens in generations.items()
+        },
+    }
+    write_report(report, s.out)
+    return report

@@ -1,0 +1,163 @@
+"""The report's files: JSON (every figure), Markdown (the table) and a PNG plot.
+
+All three are written atomically, and never over an earlier report unless asked.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any
+
+from ..errors import DistillationError
+from ..fileio import atomic_path, atomic_write
+
+FILES = {'json': 'report.json', 'markdown': 'report.md', 'plot': 'quality_vs_speed.png'}
+
+
+def output_paths(out_dir: str) -> dict[str, str]:
+    """Where the report's files go in ``out_dir``."""
+    return {kind: os.path.join(out_dir, name) for kind, name in FILES.items()}
+
+
+def check_output(out_dir: str, overwrite: bool) -> None:
+    """Refuse (one line) to replace an earlier report unless ``overwrite``."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise DistillationError(f'--out {out_dir} exists and is not a directory')
+    existing = [p for p in output_paths(out_dir).values() if os.path.exists(p)]
+    if existing and not overwrite:
+        raise DistillationError(
+            f'{existing[0]} exists: pass --overwrite to replace the earlier report, '
+            'or choose another --out'
+        )
+
+
+def _fmt(value: Any, digits: int) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return 'n/a'
+    return f'{value:.{digits}f}'
+
+
+def _pair(model: dict, key: str, digits: int, decodings: list[str]) -> str:
+    return ' / '.join(_fmt(model['generation'][d].get(key), digits) for d in decodings)
+
+
+def markdown(report: dict) -> str:
+    """The report as Markdown: the settings in a sentence, then one row per model."""
+    s = report['settings']
+    decodings = list(s['decodings'])
+    names = ' / '.join(
+        d if d == 'greedy' else f'beam {s["beam_size"]}' for d in decodings
+    )
+    lines = [
+        '# Distillation report',
+        '',
+        f"Task `{s['task']}` ({s['datatype']}, the first {s['num_examples']} "
+        f"examples). Teacher forcing: ParlAI's perplexity and token accuracy; "
+        "teacher agreement = share of label tokens where the model's argmax equals "
+        "the teacher's. Generation "
+        f"({names}; replies of at most {s['max_reply_tokens']} tokens): ParlAI F1 "
+        'and sacrebleu corpus BLEU (normalised text) against the references and '
+        "against the teacher's replies. Speed: seconds per reply on CPU, batch "
+        f"size {s['batchsize']}, {s['threads']} torch thread(s), "
+        f"{s['warmup_batches']} warm-up batch(es) excluded; speedup = teacher's "
+        'mean / model\'s mean. Pairs are given as ' + names + '.',
+        '',
+        '| model | params | ppl | token acc | teacher agr. | F1 | BLEU (ref) '
+        '| BLEU (teacher) | s/reply mean | s/reply p90 | speedup |',
+        '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
+    ]
+    for m in report['models']:
+        lines.append(
+            '| '
+            + ' | '.join(
+                [
+                    m['label'],
+                    f"{m['params'] / 1e6:.2f}M",
+                    _fmt(m['ppl'], 1),
+                    _fmt(m['token_acc'], 4),
+                    _fmt(m['teacher_agreement'], 4),
+                    _pair(m, 'f1', 4, decodings),
+                    _pair(m, 'bleu_ref', 2, decodings),
+                    _pair(m, 'bleu_teacher', 2, decodings),
+                    _pair(m, 'mean_s_per_reply', 4, decodings),
+                    _pair(m, 'p90_s_per_reply', 4, decodings),
+                    _pair(m, 'speedup', 2, decodings),
+                ]
+            )
+            + ' |'
+        )
+    lines.append('')
+    return '\n'.join(lines)
+
+
+def plot(report: dict, path: str, decoding: str = 'greedy') -> None:
+    """PNG: F1 and perplexity against speedup (``decoding``), one point per model."""
+    import matplotlib
+
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    models = report['models']
+    speed = [m['generation'][decoding]['speedup'] for m in models]
+    panels = [
+        ('f1', f'F1 ({decoding}) against the references', 'F1 (higher is better)'),
+        ('ppl', 'perplexity (teacher forcing)', 'perplexity (lower is better)'),
+    ]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    for ax, (key, title, ylabel) in zip(axes, panels):
+        values = [
+            m['generation'][decoding][key] if key == 'f1' else m[key] for m in models
+        ]
+        placed: list[float] = []
+        for m, x, y in zip(models, speed, values):
+            teacher = m['role'] == 'teacher'
+            # Models of one architecture share a speed: alternate label sides.
+            left = any(abs(x - p) < 0.04 * max(speed) for p in placed)
+            placed.append(x)
+            ax.scatter(
+                [x],
+                [y],
+                marker='*' if teacher else 'o',
+                s=160 if teacher else 60,
+                color='black' if teacher else 'tab:blue',
+                zorder=3,
+            )
+            ax.annotate(
+                m['label'],
+                (x, y),
+                textcoords='offset points',
+                xytext=(-6, -10) if left else (6, 4),
+                ha='right' if left else 'left',
+                fontsize=8,
+            )
+        ax.axhline(values[0], color='grey', linestyle=':', linewidth=1, zorder=1)
+        ax.set_title(title)
+        ax.set_xlabel(f'generation speedup over the teacher ({decoding}, CPU)')
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+        ax.margins(x=0.25, y=0.15)
+    s = report['settings']
+    fig.suptitle(
+        f"{s['task']}: quality against speed ({s['num_examples']} {s['datatype']} "
+        f"examples, batch size {s['batchsize']})",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format='png', dpi=120)
+    plt.close(fig)
+
+
+def write_report(report: dict, out_dir: str) -> dict[str, str]:
+    """Write the JSON, the Markdown and the plot into ``out_dir``; their paths."""
+    paths = output_paths(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    atomic_write(
+        paths['json'],
+        lambda fh: (json.dump(report, fh, indent=2, sort_keys=False), fh.write('\n')),
+    )
+    atomic_write(paths['markdown'], lambda fh: fh.write(markdown(report)))
+    plot(report, paths['plot'])
+    return paths

@@ -1,0 +1,136 @@
+"""Compare a teacher and its students: quality against generation speed.
+
+    python -m anti_scaling.scripts.distill_report --teacher T --students A B ... \\
+        --out DIR -t TASK [-dp DP] [--num-examples N] [--batchsize B] \\
+        [--beam-size K] [--labels NAME ...] [--overwrite] [-- TASK OPTIONS]
+
+Evaluates every model (teacher included) on the same first ``N`` examples of
+the task's test split and writes ``DIR/report.json`` (every figure and the
+settings), ``DIR/report.md`` (the table) and ``DIR/quality_vs_speed.png``.
+Per model: parameters; ParlAI's perplexity and token accuracy under teacher
+forcing; teacher agreement (share of label tokens where the model's argmax
+equals the teacher's); for greedy search and beam search of size ``K``: ParlAI's
+F1 and sacrebleu corpus BLEU against the references and against the teacher's
+replies, seconds per reply on CPU (mean and p90, batch size ``B``, warm-up
+excluded) and the speedup over the teacher. Students may be stripped plain
+models or unstripped distillation students; they must use the teacher's
+dictionary. Options after ``--`` go to the task (e.g. ``--chitchat-max-turns 8``).
+
+Bad input (a missing model file, a student with another dictionary, an unknown
+task, an existing report without ``--overwrite``) stops with one line before
+any evaluation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import tempfile
+
+from ..errors import DistillationError
+
+DEFAULT_DATAPATH = os.path.join(tempfile.gettempdir(), 'anti_scaling_parlai_data')
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command-line parser (documented in the module docstring)."""
+    p = argparse.ArgumentParser(
+        prog='python -m anti_scaling.scripts.distill_report',
+        description='Quality against generation speed for a teacher and students.',
+    )
+    p.add_argument('--teacher', required=True, help='the teacher model file')
+    p.add_argument('--students', nargs='+', required=True, help='student model files')
+    p.add_argument('--out', required=True, help='folder of the report files')
+    p.add_argument('-t', '--task', required=True, help='ParlAI task')
+    p.add_argument(
+        '-dp',
+        '--datapath',
+        default=DEFAULT_DATAPATH,
+        help=f"ParlAI's data folder (default {DEFAULT_DATAPATH})",
+    )
+    p.add_argument('--datatype', default='test', help='split (default test)')
+    p.add_argument(
+        '--num-examples', type=int, default=200, help='first N examples (200)'
+    )
+    p.add_argument('--batchsize', type=int, default=1, help='generation batch size (1)')
+    p.add_argument(
+        '--eval-batchsize',
+        type=int,
+        default=32,
+        help='batch size of the teacher-forced pass (32; not timed)',
+    )
+    p.add_argument(
+        '--beam-size', type=int, default=4, help='beam size (4; 1: greedy only)'
+    )
+    p.add_argument(
+        '--warmup', type=int, default=2, help='untimed warm-up batches per model (2)'
+    )
+    p.add_argument(
+        '--threads', type=int, default=None, help="torch threads (torch's default)"
+    )
+    p.add_argument(
+        '--labels', nargs='+', default=None, help='display names: teacher, students'
+    )
+    p.add_argument(
+        '--overwrite', action='store_true', help='replace an earlier report in --out'
+    )
+    p.add_argument('--quiet', action='store_true', help='no progress bars')
+    p.add_argument('--verbose', action='store_true', help="show ParlAI's logging")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the report; 0 on success, 2 (one line on stderr) on bad input."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    task_args: list[str] = []
+    if '--' in argv:
+        cut = argv.index('--')
+        argv, task_args = argv[:cut], argv[cut + 1 :]
+    args = parser().parse_args(argv)
+    import parlai.utils.logging as parlai_logging
+
+    from ..report.build import ReportSettings, build_report
+
+    if not args.verbose:
+        parlai_logging.set_log_level(parlai_logging.ERROR)
+
+    settings = ReportSettings(
+        teacher=args.teacher,
+        students=args.students,
+        out=args.out,
+        task=args.task,
+        datapath=args.datapath,
+        labels=args.labels,
+        num_examples=args.num_examples,
+        batchsize=args.batchsize,
+        eval_batchsize=args.eval_batchsize,
+        beam_size=args.beam_size,
+        warmup=args.warmup,
+        datatype=args.datatype,
+        threads=args.threads,
+        task_args=task_args,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        command='python -m anti_scaling.scripts.distill_report '
+        + shlex.join(argv + (['--', *task_args] if task_args else [])),
+    )
+    try:
+        report = build_report(settings)
+    except DistillationError as e:
+        print(f'anti_scaling: error: {e}', file=sys.stderr)
+        return 2
+    for m in report['models']:
+        g = m['generation']['greedy']
+        print(
+            f"{m['label']}: ppl {m['ppl']:.2f}, token acc {m['token_acc']:.4f}, "
+            f"F1 {g['f1']:.4f}, greedy {g['mean_s_per_reply']:.4f} s/reply "
+            f"(x{g['speedup']:.2f})"
+        )
+    print(f'report written to {args.out}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
