@@ -200,6 +200,9 @@ def test_figures_match_independent_computation(report, teacher_file, datapath):
         [F1Metric.compute(h, [r]).value() for h, r in zip(replies, references)]
     )
     assert greedy_row['f1'] == pytest.approx(f1)
+    # tokens per reply: the reply's tokens and the end token
+    tokens = [len(greedy.dict.txt2vec(r)) + 1 for r in replies]
+    assert greedy_row['mean_reply_tokens'] == pytest.approx(np.mean(tokens))
     for decoding in ('greedy', 'beam'):
         student = rows['plain']['generation'][decoding]
         expected = sacrebleu.corpus_bleu(
@@ -223,6 +226,13 @@ def test_speed_figures(report):
             assert 0 < gen['mean_s_per_reply'] and 0 < gen['p90_s_per_reply']
             assert gen['speedup'] == pytest.approx(
                 teacher['mean_s_per_reply'] / gen['mean_s_per_reply']
+            )
+            # the same total time, over replies or over their tokens
+            assert gen['mean_s_per_token'] * gen['mean_reply_tokens'] == (
+                pytest.approx(gen['mean_s_per_reply'])
+            )
+            assert gen['speedup_per_token'] == pytest.approx(
+                teacher['mean_s_per_token'] / gen['mean_s_per_token']
             )
 
 

@@ -764,4 +764,6 @@ def test_cache_refuses_runs_it_cannot_serve(
         make_agent([*base, '--pred-loss-type', 'jsd'], datapath)
     with pytest.raises(DistillationError, match='temperature'):
         make_agent([*base, '--distill-temperature', '3'], datapath)
+    with pytest.raises(DistillationError, match='--bpe-dropout'):
+        make_agent([*base, '--bpe-dropout', '0.1'], datapath)
     assert not (tmp_path / 's').exists()

@@ -543,6 +543,10 @@ class DistillationMixin:
             problems.append('on-policy batches (their samples are not cached)')
         if plan.temperature_max:
             problems.append('temperature annealing (a cache holds one temperature)')
+        if float(opt.get('bpe_dropout') or 0) > 0:
+            problems.append(
+                '--bpe-dropout (labels tokenised anew each time match no cached entry)'
+            )
         if problems:
             raise DistillationError(
                 '--teacher-cache gives prediction-layer targets only; this run also '

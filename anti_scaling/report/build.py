@@ -104,9 +104,7 @@ def _generate(s: ReportSettings, models: list[Model], examples: list) -> tuple:
 def _rows(models: list[Model], forced: list, generations: dict, examples: list) -> list:
     """One dict of figures per model (the teacher first)."""
     references = [ex.labels[0] for ex in examples]
-    teacher_s = {
-        d: gens[0].summary()['mean_s_per_reply'] for d, gens in generations.items()
-    }
+    teacher = {d: gens[0].summary() for d, gens in generations.items()}
     rows = []
     for i, m in enumerate(models):
         row = {
@@ -128,7 +126,10 @@ def _rows(models: list[Model], forced: list, generations: dict, examples: list) 
                 'bleu_ref': bleu(gens[i].replies, references),
                 'bleu_teacher': bleu(gens[i].replies, gens[0].replies),
                 **stats,
-                'speedup': teacher_s[d] / stats['mean_s_per_reply'],
+                'speedup': teacher[d]['mean_s_per_reply'] / stats['mean_s_per_reply'],
+                'speedup_per_token': (
+                    teacher[d]['mean_s_per_token'] / stats['mean_s_per_token']
+                ),
             }
         rows.append(row)
     for row in rows:

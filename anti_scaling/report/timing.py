@@ -43,20 +43,26 @@ class Generation:
     """The replies of one model with one decoding, and the time of each batch."""
 
     replies: list[str] = field(default_factory=list)
+    reply_tokens: list[int] = field(default_factory=list)
     batch_seconds: list[float] = field(default_factory=list)
     batch_sizes: list[int] = field(default_factory=list)
 
     def summary(self) -> dict[str, float]:
-        """Seconds per reply (mean over replies; p90 over batches), words per reply.
+        """Seconds per reply (mean over replies; p90 over batches) and per token.
 
-        A batch's seconds per reply is its wall time divided by its size.
+        A batch's seconds per reply is its wall time divided by its size;
+        ``mean_s_per_token`` is the total time over the total reply tokens
+        (see :meth:`Generator.__call__`), which compares models whose replies
+        differ in length.
         """
         per_reply = np.array(self.batch_seconds) / np.array(self.batch_sizes)
         n = sum(self.batch_sizes)
         return {
             'mean_s_per_reply': float(sum(self.batch_seconds) / n),
             'p90_s_per_reply': float(np.percentile(per_reply, 90)),
+            'mean_s_per_token': float(sum(self.batch_seconds) / sum(self.reply_tokens)),
             'replies': n,
+            'mean_reply_tokens': float(np.mean(self.reply_tokens)),
             'mean_reply_words': float(np.mean([len(r.split()) for r in self.replies])),
         }
 
@@ -68,11 +74,15 @@ class Generator:
         opt = Opt({**agent.opt, **options})
         self.master, self.copies = _shared_copies(agent, batchsize, opt)
 
-    def __call__(self, examples: Sequence[Example]) -> tuple[list[str], float]:
-        """Replies to ``examples`` and the wall time of ``batch_act``.
+    def __call__(
+        self, examples: Sequence[Example]
+    ) -> tuple[list[str], list[int], float]:
+        """Replies to ``examples``, their token counts, and the wall time of ``batch_act``.
 
         Timed: batching, the encoder, the search and turning tokens into text;
-        not timed: tokenising the contexts (done in ``observe``).
+        not timed: tokenising the contexts (done in ``observe``). A reply's
+        tokens are those the decoder produced, end token included: ParlAI's
+        ``gen_n_toks`` minus the given start token.
         """
         messages = [ex.message(with_label=False) for ex in examples]
         observations = [c.observe(m) for c, m in zip(self.copies, messages)]
@@ -81,7 +91,8 @@ class Generator:
         seconds = time.perf_counter() - start
         for copy, reply in zip(self.copies, replies):
             copy.self_observe(reply)
-        return [r.get('text', '') for r in replies], seconds
+        tokens = [int(r['metrics']['gen_n_toks'].value()) - 1 for r in replies]
+        return [r.get('text', '') for r in replies], tokens, seconds
 
 
 def time_generation(
@@ -105,8 +116,9 @@ def time_generation(
     for i, chunk in enumerate(chunks):
         order = [(i + k) % len(generators) for k in range(len(generators))]
         for j in order:
-            replies, seconds = generators[j](chunk)
+            replies, tokens, seconds = generators[j](chunk)
             results[j].replies.extend(replies)
+            results[j].reply_tokens.extend(tokens)
             results[j].batch_seconds.append(seconds)
             results[j].batch_sizes.append(len(chunk))
             if progress:

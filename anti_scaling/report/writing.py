@@ -43,6 +43,12 @@ def _pair(model: dict, key: str, digits: int, decodings: list[str]) -> str:
     return ' / '.join(_fmt(model['generation'][d].get(key), digits) for d in decodings)
 
 
+def _ms_pair(model: dict, decodings: list[str]) -> str:
+    return ' / '.join(
+        _fmt(1000 * model['generation'][d]['mean_s_per_token'], 2) for d in decodings
+    )
+
+
 def markdown(report: dict) -> str:
     """The report as Markdown: the settings in a sentence, then one row per model."""
     s = report['settings']
@@ -62,11 +68,14 @@ def markdown(report: dict) -> str:
         "against the teacher's replies. Speed: seconds per reply on CPU, batch "
         f"size {s['batchsize']}, {s['threads']} torch thread(s), "
         f"{s['warmup_batches']} warm-up batch(es) excluded; speedup = teacher's "
-        'mean / model\'s mean. Pairs are given as ' + names + '.',
+        "mean / model's mean. Replies differ in length, so the time per generated "
+        "token (end token included) and the speedup on it are given too. Pairs "
+        'are given as ' + names + '.',
         '',
         '| model | params | ppl | token acc | teacher agr. | F1 | BLEU (ref) '
-        '| BLEU (teacher) | s/reply mean | s/reply p90 | speedup |',
-        '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
+        '| BLEU (teacher) | tokens/reply | s/reply mean | s/reply p90 | speedup '
+        '| ms/token | speedup/token |',
+        '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
     ]
     for m in report['models']:
         lines.append(
@@ -81,15 +90,76 @@ def markdown(report: dict) -> str:
                     _pair(m, 'f1', 4, decodings),
                     _pair(m, 'bleu_ref', 2, decodings),
                     _pair(m, 'bleu_teacher', 2, decodings),
+                    _pair(m, 'mean_reply_tokens', 1, decodings),
                     _pair(m, 'mean_s_per_reply', 4, decodings),
                     _pair(m, 'p90_s_per_reply', 4, decodings),
                     _pair(m, 'speedup', 2, decodings),
+                    _ms_pair(m, decodings),
+                    _pair(m, 'speedup_per_token', 2, decodings),
                 ]
             )
             + ' |'
         )
     lines.append('')
     return '\n'.join(lines)
+
+
+#: Where a point's label may go: offset in points, horizontal and vertical alignment.
+LABEL_SPOTS = (
+    ((6, 4), 'left', 'bottom'),
+    ((6, -4), 'left', 'top'),
+    ((-6, 4), 'right', 'bottom'),
+    ((-6, -4), 'right', 'top'),
+    ((0, 9), 'center', 'bottom'),
+    ((0, -9), 'center', 'top'),
+)
+
+
+def _overlap(a: Any, b: Any) -> float:
+    """Area shared by two display-space boxes."""
+    width = min(a.x1, b.x1) - max(a.x0, b.x0)
+    height = min(a.y1, b.y1) - max(a.y0, b.y0)
+    return max(width, 0.0) * max(height, 0.0)
+
+
+def _label_points(ax: Any, points: list[tuple[float, float]], labels: list[str]):
+    """Annotate each point at the first spot that covers no other label or point.
+
+    Needs a drawn figure (display coordinates are final). Where every spot
+    collides, the one with the least overlap is kept.
+    """
+    from matplotlib.transforms import Bbox
+
+    renderer = ax.figure.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    obstacles = []
+    for x, y in points:
+        px, py = ax.transData.transform((x, y))
+        obstacles.append(Bbox.from_bounds(px - 5, py - 5, 10, 10))
+    for (x, y), label in zip(points, labels):
+        best = None
+        for offset, ha, va in LABEL_SPOTS:
+            text = ax.annotate(
+                label,
+                (x, y),
+                textcoords='offset points',
+                xytext=offset,
+                ha=ha,
+                va=va,
+                fontsize=8,
+            )
+            box = text.get_window_extent(renderer)
+            outside = box.width * box.height - _overlap(box, frame)
+            cost = outside + sum(_overlap(box, other) for other in obstacles)
+            if best is None or cost < best[0]:
+                if best is not None:
+                    best[1].remove()
+                best = (cost, text, box)
+            else:
+                text.remove()
+            if cost == 0:
+                break
+        obstacles.append(best[2])
 
 
 def plot(report: dict, path: str, decoding: str = 'greedy') -> None:
@@ -106,16 +176,14 @@ def plot(report: dict, path: str, decoding: str = 'greedy') -> None:
         ('ppl', 'perplexity (teacher forcing)', 'perplexity (lower is better)'),
     ]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    columns = []
     for ax, (key, title, ylabel) in zip(axes, panels):
         values = [
             m['generation'][decoding][key] if key == 'f1' else m[key] for m in models
         ]
-        placed: list[float] = []
+        columns.append(values)
         for m, x, y in zip(models, speed, values):
             teacher = m['role'] == 'teacher'
-            # Models of one architecture share a speed: alternate label sides.
-            left = any(abs(x - p) < 0.04 * max(speed) for p in placed)
-            placed.append(x)
             ax.scatter(
                 [x],
                 [y],
@@ -123,14 +191,6 @@ def plot(report: dict, path: str, decoding: str = 'greedy') -> None:
                 s=160 if teacher else 60,
                 color='black' if teacher else 'tab:blue',
                 zorder=3,
-            )
-            ax.annotate(
-                m['label'],
-                (x, y),
-                textcoords='offset points',
-                xytext=(-6, -10) if left else (6, 4),
-                ha='right' if left else 'left',
-                fontsize=8,
             )
         ax.axhline(values[0], color='grey', linestyle=':', linewidth=1, zorder=1)
         ax.set_title(title)
@@ -145,6 +205,10 @@ def plot(report: dict, path: str, decoding: str = 'greedy') -> None:
         fontsize=10,
     )
     fig.tight_layout()
+    fig.canvas.draw()
+    labels = [m['label'] for m in models]
+    for ax, values in zip(axes, columns):
+        _label_points(ax, list(zip(speed, values)), labels)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format='png', dpi=120)
     plt.close(fig)

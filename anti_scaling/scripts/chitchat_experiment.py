@@ -1,4 +1,4 @@
-"""The chitchat distillation experiment: a teacher, five students, one report.
+"""The chitchat distillation experiment: a teacher, seven students, one report.
 
     python -m anti_scaling.scripts.chitchat_experiment teacher  --out runs/chitchat
     python -m anti_scaling.scripts.chitchat_experiment students --out runs/chitchat
@@ -19,15 +19,18 @@ unless ``-dp`` says otherwise.
 Models (all ``transformer/generator`` architectures, one dictionary):
 
 * ``teacher``: 2 encoder + 6 decoder layers, width 256, trained for at most
-  ``--teacher-minutes`` (45 by default);
+  ``--teacher-minutes`` (42 by default);
+* every student trains for ``--steps`` updates (1,000) with the teacher's
+  optimiser, batch size and seed;
 * students A (2 + 1 layers, width 256: the teacher with 5 of its 6 decoder
   layers removed; generation costs mostly decoder layers and the output
-  projection, so fewer decoder layers is what makes it faster), each trained for ``--student-steps`` steps with the same optimiser,
-  batch size and seed: ``A-baseline`` (no teacher: every coefficient 0),
-  ``A-wide`` (DistillTransformerAgent: teacher layers copied, hidden and
-  prediction terms) and ``A-narrow`` (DistillNarrowTransformerAgent: every
-  intermediate term);
-* students B (1 + 1 layers, width 128): ``B-baseline`` and ``B-narrow``.
+  projection, so fewer decoder layers is what makes it faster): ``A-baseline``
+  (no teacher: every coefficient 0), ``A-wide`` (DistillTransformerAgent:
+  teacher layers copied, hidden and prediction terms) and ``A-narrow``
+  (DistillNarrowTransformerAgent: every intermediate term);
+* students B (1 + 1 layers, width 128): ``B-baseline`` and ``B-narrow``;
+* students C (2 + 2 layers, width 256: the quality end of the curve):
+  ``C-baseline`` and ``C-wide``.
 
 The narrow students are stripped with ``remove_projection_matrices`` (into
 ``MODEL.plain``) and every model is compared by
@@ -56,7 +59,7 @@ TASK = 'anti_scaling.tasks.chitchat'
 #: cost of every decoding step, so a small vocabulary helps every model).
 DICT_FLAGS = ('--dict-tokenizer', 're', '--dict-lower', 'true')
 DICT_MAXTOKENS = 8000
-#: Contexts average ~1,000 words: keep their last 64 tokens, labels' first 32.
+#: Contexts average ~1,000 tokens: keep their last 64 tokens, labels' first 32.
 TEXT_FLAGS = ('--text-truncate', '64', '--label-truncate', '32')
 TEACHER_ARCH = (
     '--n-encoder-layers',
@@ -144,12 +147,12 @@ WIDE_TERMS = (
 )
 #: The former ParlAI anti_scaling project's BlenderBot weights (task 1, pred 64,
 #: embedding 4, hidden 64, self-attn 4, enc-dec-attn 64), with the three terms on
-#: raw pre-LayerNorm states scaled down: at initialisation the teacher's last
-#: decoder layer gives dec_hid_loss ~480, dec_self_attn_loss ~560 and
-#: enc_dec_attn_loss ~17 (residual streams and attention scores are not
-#: normalised in a pre-LN model), against pred_loss ~6 and the task loss ~10;
-#: with the BlenderBot weights the hidden term alone was ~30,000 and swamped the
-#: rest. These weights leave the prediction term the largest (~60% at the start).
+#: raw pre-LayerNorm states scaled down: at the first step, dec_hid_loss is ~274,
+#: dec_self_attn_loss ~342 and enc_dec_attn_loss ~20 (residual streams and
+#: attention scores are not normalised in a pre-LN model), against pred_loss ~6.9
+#: and the task loss ~11; with the BlenderBot weights the hidden term alone was
+#: ~18,000 and swamped the rest. These weights leave the prediction term about two
+#: thirds of the loss at the start.
 NARROW_TERMS = (
     *WIDE_TERMS,
     '--embedding-loss-coeff',
@@ -160,6 +163,7 @@ NARROW_TERMS = (
     '4',
 )
 ARCH_A = ('--n-encoder-layers', '2', '--n-decoder-layers', '1')
+ARCH_C = ('--n-encoder-layers', '2', '--n-decoder-layers', '2')
 ARCH_B = (
     '--n-encoder-layers',
     '1',
@@ -195,6 +199,8 @@ STUDENTS = (
     Student(
         'B-narrow', NARROW, ARCH_B, NARROW_TERMS, strip=True, label='B-narrow 1+1 d128'
     ),
+    Student('C-baseline', NARROW, ARCH_C, NO_TEACHER, label='C-baseline 2+2 d256'),
+    Student('C-wide', WIDE, ARCH_C, WIDE_TERMS, label='C-wide 2+2 d256'),
 )
 
 
