@@ -19,6 +19,8 @@ whole path and the trade-off the table shows.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 import shutil
 import statistics
@@ -58,7 +60,8 @@ TRAINING = {
     'validation_max_exs': 64,
     'short_final_eval': True,
     'log_every_n_secs': 20,
-    'loglevel': 'warn',
+    # ParlAI warns about every option a loaded model overrides: noise in a demo.
+    'loglevel': 'error',
     **DATA,
 }
 NARROW_COEFFS = {
@@ -93,7 +96,7 @@ def build_dictionary(out: str, datapath: str) -> str:
         dict_lower=True,
         dict_maxtokens=3000,
         datapath=datapath,
-        loglevel='warn',
+        loglevel='error',
         **{k: v for k, v in DATA.items() if k.startswith('chitchat')},
     )
     return dict_file
@@ -112,18 +115,20 @@ def evaluate(model_file: str, datapath: str, examples: int) -> dict[str, float]:
     """Perplexity and token accuracy under teacher forcing on the valid split."""
     from parlai.scripts.eval_model import EvalModel
 
-    report = EvalModel.main(
-        task=TASK,
-        model='transformer/generator',
-        model_file=model_file,
-        datapath=datapath,
-        datatype='valid',
-        skip_generation=True,
-        num_examples=examples,
-        batchsize=32,
-        loglevel='warn',
-        **DATA,
-    )
+    # eval_model prints its report; the demo prints its own table.
+    with contextlib.redirect_stdout(io.StringIO()):
+        report = EvalModel.main(
+            task=TASK,
+            model='transformer/generator',
+            model_file=model_file,
+            datapath=datapath,
+            datatype='valid',
+            skip_generation=True,
+            num_examples=examples,
+            batchsize=32,
+            loglevel='error',
+            **DATA,
+        )
     return {'ppl': float(report['ppl']), 'token_acc': float(report['token_acc'])}
 
 
@@ -194,14 +199,14 @@ def parameters(model_file: str) -> int:
 def print_table(rows: list[dict[str, Any]]) -> None:
     teacher_time = rows[0]['seconds']
     header = (
-        f"{'model':<34} {'params':>9} {'ppl':>8} {'token acc':>9} "
+        f"{'model':<38} {'params':>9} {'ppl':>8} {'token acc':>9} "
         f"{'s/reply':>8} {'speedup':>8}"
     )
     print('\n' + header)
     print('-' * len(header))
     for row in rows:
         print(
-            f"{row['name']:<34} {row['params']:>9,} {row['ppl']:>8.1f} "
+            f"{row['name']:<38} {row['params']:>9,} {row['ppl']:>8.1f} "
             f"{row['token_acc']:>9.3f} {row['seconds']:>8.4f} "
             f"{teacher_time / row['seconds']:>7.2f}x"
         )
@@ -217,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         help='training budget of the teacher; each student gets half of it',
     )
     parser.add_argument('--eval-examples', type=int, default=256)
-    parser.add_argument('--generation-examples', type=int, default=20)
+    parser.add_argument('--generation-examples', type=int, default=50)
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
