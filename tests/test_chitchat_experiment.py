@@ -21,3 +21,42 @@ def test_dry_run_prints_every_step(tmp_path, capsys):
     assert text.count('--teacher-model') == len(STUDENTS)
     assert '-dp ' + str(tmp_path / 'parlai_data') in text
     assert not out.exists()  # a dry run writes nothing
+
+
+# Our recipes are the experiment's students: the same shape and coefficients.
+RECIPE_STUDENTS = {
+    'chitchat_wide_2x2': 'C-wide',
+    'chitchat_wide_2x1': 'A-wide',
+    'chitchat_narrow_d128': 'B-narrow',
+}
+
+
+def _flags(argv):
+    """``--some-flag value`` pairs as option names and numbers."""
+    pairs = zip(argv[::2], argv[1::2])
+    return {flag[2:].replace('-', '_'): float(value) for flag, value in pairs}
+
+
+def test_chitchat_recipes_are_the_experiments_students():
+    from anti_scaling.agents.layer_maps import uniform_layer_map
+    from anti_scaling.zoo.recipes import RECIPES
+
+    students = {s.name: s for s in STUDENTS}
+    for name, student_name in RECIPE_STUDENTS.items():
+        recipe, student = RECIPES[name], students[student_name]
+        assert recipe.agent == student.model
+        flags = _flags([*student.arch, *student.loss])
+        options = dict(recipe.options)
+        assert options.pop('distill_temperature') == 1.0  # the flag's default
+        for stack in ('encoder', 'decoder'):
+            # the experiment used the default (uniform) layer maps
+            layers = uniform_layer_map(
+                int(options[f'n_{stack}_layers']),
+                recipe.teacher_shape[f'n_{stack}_layers'],
+            )
+            assert options.pop(f'{stack}_layer_map') == ','.join(map(str, layers))
+        for key, value in flags.items():
+            assert float(options.pop(key)) == value, (name, key)
+        # what else the recipe sets, the experiment's student inherited
+        for key, value in options.items():
+            assert recipe.teacher_shape[key] == value, (name, key)

@@ -16,6 +16,11 @@ fine-tuning command of ParlAI's ``projects/recipes/README.md``):
 - ``blender_400Mdistill``: narrow (``DistillNarrowTransformerAgent``), width 1280,
   FFN 5120, 32 heads, 2 encoder / 12 decoder layers, ~360M parameters
   ("distilled to ~360M parameters and roughly 5x the inference speed").
+
+Our own recipes distil the chitchat teacher of ``make chitchat-teacher`` (2 + 6
+layers, width 256), with the settings and measured figures of
+``docs/chitchat_results.md``: ``chitchat_wide_2x2``, ``chitchat_wide_2x1`` and
+``chitchat_narrow_d128``.
 """
 
 from __future__ import annotations
@@ -218,6 +223,108 @@ RECIPES: dict[str, Recipe] = {
         ),
     ),
 }
+
+
+_CHITCHAT_TEACHER_SHAPE = {
+    'n_encoder_layers': 2,
+    'n_decoder_layers': 6,
+    'embedding_size': 256,
+    'ffn_size': 1024,
+    'n_heads': 4,
+}
+_CHITCHAT_TEACHER = 'runs/chitchat/teacher/model (make chitchat-teacher)'
+_CHITCHAT_RESULTS = (
+    'docs/chitchat_results.md and docs/chitchat/report.json: measured on 400 '
+    'chitchat test examples, students trained 1,000 steps (batch 32, adam 2e-3, '
+    'invsqrt, 200 warm-up updates) by make chitchat-experiment'
+)
+_CHITCHAT_WEIGHTS = (
+    'Coefficients set once from the starting loss magnitudes of a pre-LayerNorm '
+    'teacher (hidden states and attention scores are not normalised there), not '
+    'tuned: the BlenderBot weights (hidden 64) made the hidden term ~18,000 at the '
+    'first step.'
+)
+_CHITCHAT_WIDE_TERMS = {
+    'task_loss_coeff': 1.0,
+    'encoder_loss_coeff': 0.0,
+    'hidden_loss_coeff': 0.25,
+    'pred_loss_coeff': 64.0,
+    'distill_temperature': 1.0,
+}
+
+
+def _chitchat_wide(n_decoder: int, measured: str) -> Recipe:
+    """A layer-removal student of the chitchat teacher with ``n_decoder`` layers."""
+    name = f'chitchat_wide_2x{n_decoder}'
+    return Recipe(
+        name=name,
+        description=(
+            f'chitchat teacher (2 + 6 layers, width 256) -> 2 + {n_decoder} layers, '
+            f'same width, initialised from the teacher; {measured}'
+        ),
+        agent=AGENT_PREFIX + 'DistillTransformerAgent',
+        teacher=_CHITCHAT_TEACHER,
+        options={
+            'n_encoder_layers': 2,
+            'n_decoder_layers': n_decoder,
+            'encoder_layer_map': _every_other(2, 2),
+            'decoder_layer_map': _every_other(n_decoder, 6),
+            **_CHITCHAT_WIDE_TERMS,
+        },
+        student_shape={**_CHITCHAT_TEACHER_SHAPE, 'n_decoder_layers': n_decoder},
+        teacher_shape=dict(_CHITCHAT_TEACHER_SHAPE),
+        sources=(_CHITCHAT_RESULTS,),
+        notes=(_CHITCHAT_WEIGHTS,),
+    )
+
+
+RECIPES.update(
+    {
+        'chitchat_wide_2x2': _chitchat_wide(
+            2,
+            'measured: 2.3x faster greedy generation, 98.6% of the teacher\'s token '
+            'accuracy, perplexity 69.8 against 68.6',
+        ),
+        'chitchat_wide_2x1': _chitchat_wide(
+            1,
+            'measured: 3.6x faster, 95.8% of the token accuracy, perplexity 71.9',
+        ),
+        'chitchat_narrow_d128': Recipe(
+            name='chitchat_narrow_d128',
+            description=(
+                'chitchat teacher (2 + 6 layers, width 256) -> 1 + 1 layers, width '
+                '128, every intermediate term, projections (strip them afterwards); '
+                'measured: 6.7x faster, 89.1% of the token accuracy, perplexity 85.1 '
+                '(103.9 without a teacher)'
+            ),
+            agent=AGENT_PREFIX + 'DistillNarrowTransformerAgent',
+            teacher=_CHITCHAT_TEACHER,
+            options={
+                'n_encoder_layers': 1,
+                'n_decoder_layers': 1,
+                'embedding_size': 128,
+                'ffn_size': 512,
+                'n_heads': 4,
+                'encoder_layer_map': _every_other(1, 2),
+                'decoder_layer_map': _every_other(1, 6),
+                **_CHITCHAT_WIDE_TERMS,
+                'embedding_loss_coeff': 4.0,
+                'self_attn_loss_coeff': 0.1,
+                'enc_dec_attn_loss_coeff': 4.0,
+            },
+            student_shape={
+                'n_encoder_layers': 1,
+                'n_decoder_layers': 1,
+                'embedding_size': 128,
+                'ffn_size': 512,
+                'n_heads': 4,
+            },
+            teacher_shape=dict(_CHITCHAT_TEACHER_SHAPE),
+            sources=(_CHITCHAT_RESULTS,),
+            notes=(_CHITCHAT_WEIGHTS,),
+        ),
+    }
+)
 
 
 def get_recipe(name: str) -> Recipe:
