@@ -303,8 +303,10 @@ def dict_command(layout: Layout) -> list[str]:
     )
 
 
-def teacher_command(layout: Layout, minutes: float) -> list[str]:
-    """Train the teacher for at most ``minutes`` (validating every 10 minutes)."""
+def train_command(
+    layout: Layout, model: str, model_file: str, *flags: str
+) -> list[str]:
+    """``parlai train_model`` of ``model`` into ``model_file`` on the chitchat task."""
     return parlai(
         'train_model',
         '-t',
@@ -312,8 +314,18 @@ def teacher_command(layout: Layout, minutes: float) -> list[str]:
         '-dp',
         layout.datapath,
         '-m',
-        'transformer/generator',
+        model,
         '-mf',
+        model_file,
+        *flags,
+    )
+
+
+def teacher_command(layout: Layout, minutes: float) -> list[str]:
+    """Train the teacher for at most ``minutes`` (validating every 5 minutes)."""
+    return train_command(
+        layout,
+        'transformer/generator',
         layout.teacher,
         '--dict-file',
         layout.dict_file,
@@ -364,15 +376,9 @@ def valid_eval_command(layout: Layout, model_file: str, report: str) -> list[str
 
 def student_command(layout: Layout, student: Student, steps: int) -> list[str]:
     """Train one student for ``steps`` updates (it inherits the teacher's options)."""
-    return parlai(
-        'train_model',
-        '-t',
-        TASK,
-        '-dp',
-        layout.datapath,
-        '-m',
+    return train_command(
+        layout,
         student.model,
-        '-mf',
         layout.student(student.name),
         '--teacher-model',
         layout.teacher,
