@@ -330,3 +330,32 @@ def test_existing_report_kept_without_overwrite(
     assert main([*args, '--overwrite']) == 0
     assert (out / 'report.md').read_text().startswith('# Distillation report')
     assert not [f for f in os.listdir(out) if f.endswith('.tmp')]
+
+
+def test_bart_teacher_and_stripped_student(bart_teacher_file, datapath, tmp_path):
+    """BART models report like transformers, and nothing downloads bart_large."""
+    student = str(tmp_path / 'bart_student' / 'model')
+    train(
+        datapath,
+        model='anti_scaling.distillation:DistillNarrowBartAgent',
+        teacher_model=bart_teacher_file,
+        model_file=student,
+        n_layers=1,
+        embedding_size=16,
+        ffn_size=32,
+        max_train_steps=10,
+        batchsize=16,
+        pred_loss_coeff=1.0,
+        hidden_loss_coeff=1.0,
+    )
+    remove_projection_matrices(student)
+    out = tmp_path / 'report'
+    assert main(_args(bart_teacher_file, [student], out, datapath)) == 0
+    with open(out / 'report.json') as fh:
+        rows = json.load(fh)['models']
+    assert [row['architecture']['model'] for row in rows] == ['bart', 'bart']
+    assert rows[1]['architecture']['n_decoder_layers'] == 1
+    for row in rows:
+        assert math.isfinite(row['ppl']) and 0 <= row['token_acc'] <= 1
+        assert row['generation']['greedy']['replies'] == NUM_EXAMPLES
+    assert not os.path.exists(os.path.join(datapath, 'models', 'bart'))
