@@ -114,6 +114,31 @@ def test_attention_score_mse_hand_computed_ignores_padded_keys():
     )
 
 
+def test_attention_score_mse_gradient_is_twice_the_masked_difference():
+    torch.manual_seed(0)
+    batch, heads, length = 2, 3, 5
+    mask = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    valid = losses.self_attention_pairs(mask)
+    student = torch.randn(batch * heads, length, length, dtype=torch.double)
+    student.requires_grad_(True)
+    teacher = torch.randn(batch * heads, length, length, dtype=torch.double)
+    result = losses.attention_score_mse(student, teacher, valid)
+    weights = torch.tensor([0.5, 2.0], dtype=torch.double)  # d loss / d total[b]
+    (result.total * weights).sum().backward()
+    keep = valid.repeat_interleave(heads, dim=0)
+    scale = weights.repeat_interleave(heads).view(-1, 1, 1)
+    expected = torch.where(keep, 2 * (student - teacher), 0.0) * scale
+    assert torch.allclose(student.grad, expected.detach())
+    squares = torch.where(keep, (student - teacher) ** 2, 0.0).detach()
+    assert torch.allclose(
+        result.total, squares.view(batch, heads, length, length).sum(dim=(1, 2, 3))
+    )
+    assert torch.autograd.gradcheck(
+        lambda s: losses.attention_score_mse(s, teacher, valid).total,
+        (student.detach().requires_grad_(True),),
+    )
+
+
 def test_attention_pairs():
     mask = torch.tensor([[True, True, False]])
     assert losses.self_attention_pairs(mask)[0].tolist() == [
