@@ -96,6 +96,8 @@ def report(teacher_file, students, datapath, tmp_path_factory) -> tuple[dict, st
             'teacher',
             'narrow',
             'plain',
+            '--baselines',
+            'plain',
         )
     )
     assert code == 0
@@ -148,6 +150,8 @@ def test_figures_match_independent_computation(report, teacher_file, datapath):
     data, _ = report
     rows = {m['label']: m for m in data['models']}
     assert list(rows) == ['teacher', 'narrow', 'plain']
+    assert [row['role'] for row in rows.values()] == ['teacher', 'student', 'baseline']
+    assert data['settings']['baselines'] == ['plain']
     assert data['settings']['num_examples'] == NUM_EXAMPLES
 
     teacher = _load(teacher_file, datapath)
@@ -303,6 +307,15 @@ def test_student_with_another_dictionary(
         json.dump(opt, fh)
     assert main(_args(teacher_file, [model_file], tmp_path / 'out', datapath)) == 2
     _one_line_error(capsys, model_file, 'dictionary')
+    assert not os.path.exists(tmp_path / 'out')
+
+
+def test_baseline_that_is_no_student_label(
+    teacher_file, students, datapath, tmp_path, capsys, no_evaluation
+):
+    args = _args(teacher_file, [students['plain']], tmp_path / 'out', datapath)
+    assert main([*args, '--labels', 'T', 'S', '--baselines', 'T']) == 2
+    _one_line_error(capsys, '--baselines', "'T'", "'S'")
     assert not os.path.exists(tmp_path / 'out')
 
 

@@ -39,6 +39,7 @@ class ReportSettings:
     task: str
     datapath: str
     labels: list[str] | None = None
+    baselines: list[str] = field(default_factory=list)
     num_examples: int = 200
     batchsize: int = 1
     eval_batchsize: int = 32
@@ -60,6 +61,16 @@ def _check_numbers(s: ReportSettings) -> None:
         raise DistillationError('--warmup must be >= 0')
     if not s.students:
         raise DistillationError('--students needs at least one model file')
+
+
+def _check_baselines(s: ReportSettings, labels: list[str]) -> None:
+    unknown = [b for b in s.baselines if b not in labels[1:]]
+    if unknown:
+        raise DistillationError(
+            f'--baselines {unknown[0]!r} is not a student label (students: '
+            + ', '.join(repr(label) for label in labels[1:])
+            + ')'
+        )
 
 
 def _architecture(model: Model) -> dict:
@@ -101,7 +112,19 @@ def _generate(s: ReportSettings, models: list[Model], examples: list) -> tuple:
     return generations, options
 
 
-def _rows(models: list[Model], forced: list, generations: dict, examples: list) -> list:
+def _role(model: Model, baselines: list[str]) -> str:
+    if model.is_teacher:
+        return 'teacher'
+    return 'baseline' if model.label in baselines else 'student'
+
+
+def _rows(
+    models: list[Model],
+    forced: list,
+    generations: dict,
+    examples: list,
+    baselines: list[str],
+) -> list:
     """One dict of figures per model (the teacher first)."""
     references = [ex.labels[0] for ex in examples]
     teacher = {d: gens[0].summary() for d, gens in generations.items()}
@@ -110,7 +133,7 @@ def _rows(models: list[Model], forced: list, generations: dict, examples: list) 
         row = {
             'label': m.label,
             'path': m.path,
-            'role': 'teacher' if m.is_teacher else 'student',
+            'role': _role(m, baselines),
             'architecture': _architecture(m),
             'params': m.params,
             **forced[i].metrics,
@@ -155,6 +178,7 @@ def _settings(s: ReportSettings, models: list[Model], n: int, options: dict) -> 
         'batchsize': s.batchsize,
         'eval_batchsize': s.eval_batchsize,
         'beam_size': s.beam_size,
+        'baselines': list(s.baselines),
         'decodings': list(options),
         'decoding_options': options,
         # ParlAI's generation stops at label_truncate tokens, else at 256.
@@ -182,6 +206,7 @@ def build_report(s: ReportSettings) -> dict:
     _check_numbers(s)
     check_output(s.out, s.overwrite)
     inputs = check_inputs(s.teacher, s.students, s.labels)
+    _check_baselines(s, [label for label, _, _ in inputs])
     task = open_task(s.task, s.datatype, s.datapath, s.task_args)
     if s.threads:
         torch.set_num_threads(s.threads)
@@ -204,7 +229,7 @@ def build_report(s: ReportSettings) -> dict:
     greedy = generations['greedy']
     report = {
         'settings': _settings(s, models, len(examples), options),
-        'models': _rows(models, forced, generations, examples),
+        'models': _rows(models, forced, generations, examples, s.baselines),
         'samples': [
             {
                 'context_end': ' '.join(ex.context.split()[-30:]),

@@ -104,6 +104,27 @@ def markdown(report: dict) -> str:
     return '\n'.join(lines)
 
 
+#: How each role is drawn in the plot, and named in its legend.
+MARKERS = {
+    'teacher': {'marker': '*', 's': 160, 'facecolors': 'black', 'edgecolors': 'black'},
+    'student': {
+        'marker': 'o',
+        's': 60,
+        'facecolors': 'tab:blue',
+        'edgecolors': 'tab:blue',
+    },
+    'baseline': {
+        'marker': 'o',
+        's': 60,
+        'facecolors': 'white',
+        'edgecolors': 'tab:gray',
+    },
+}
+ROLE_NAMES = {
+    'teacher': 'teacher',
+    'student': 'distilled student',
+    'baseline': 'baseline (no teacher)',
+}
 #: Where a point's label may go: offset in points, horizontal and vertical alignment.
 LABEL_SPOTS = (
     ((6, 4), 'left', 'bottom'),
@@ -183,15 +204,7 @@ def plot(report: dict, path: str, decoding: str = 'greedy') -> None:
         ]
         columns.append(values)
         for m, x, y in zip(models, speed, values):
-            teacher = m['role'] == 'teacher'
-            ax.scatter(
-                [x],
-                [y],
-                marker='*' if teacher else 'o',
-                s=160 if teacher else 60,
-                color='black' if teacher else 'tab:blue',
-                zorder=3,
-            )
+            ax.scatter([x], [y], zorder=3, **MARKERS[m.get('role', 'student')])
         ax.axhline(values[0], color='grey', linestyle=':', linewidth=1, zorder=1)
         ax.set_title(title)
         ax.set_xlabel(f'generation speedup over the teacher ({decoding}, CPU)')
@@ -204,7 +217,27 @@ def plot(report: dict, path: str, decoding: str = 'greedy') -> None:
         f"examples, batch size {s['batchsize']})",
         fontsize=10,
     )
-    fig.tight_layout()
+    roles = [r for r in MARKERS if any(m.get('role') == r for m in models)]
+    fig.legend(
+        handles=[
+            plt.Line2D(
+                [],
+                [],
+                linestyle='',
+                marker=MARKERS[r]['marker'],
+                markersize=9 if r == 'teacher' else 7,
+                markerfacecolor=MARKERS[r]['facecolors'],
+                markeredgecolor=MARKERS[r]['edgecolors'],
+                label=ROLE_NAMES[r],
+            )
+            for r in roles
+        ],
+        loc='lower center',
+        ncol=len(roles),
+        fontsize=8,
+        frameon=False,
+    )
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     fig.canvas.draw()
     labels = [m['label'] for m in models]
     for ax, values in zip(axes, columns):

@@ -427,6 +427,8 @@ def report_command(layout: Layout, out: str, args: argparse.Namespace) -> list[s
         '--labels',
         'teacher 2+6 d256',
         *(s.label for s in STUDENTS),
+        '--baselines',
+        *(s.label for s in STUDENTS if s.loss == NO_TEACHER),
         '--out',
         out,
         '-t',

@@ -2,7 +2,8 @@
 
     python -m anti_scaling.scripts.distill_report --teacher T --students A B ... \\
         --out DIR -t TASK [-dp DP] [--num-examples N] [--batchsize B] \\
-        [--beam-size K] [--labels NAME ...] [--overwrite] [-- TASK OPTIONS]
+        [--beam-size K] [--labels NAME ...] [--baselines NAME ...] [--overwrite] \\
+        [-- TASK OPTIONS]
 
 Evaluates every model (teacher included) on the same first ``N`` examples of
 the task's test split and writes ``DIR/report.json`` (every figure and the
@@ -14,7 +15,8 @@ F1 and sacrebleu corpus BLEU against the references and against the teacher's
 replies, seconds per reply on CPU (mean and p90, batch size ``B``, warm-up
 excluded) and the speedup over the teacher. Students may be stripped plain
 models or unstripped distillation students; they must use the teacher's
-dictionary. Options after ``--`` go to the task (e.g. ``--chitchat-max-turns 8``).
+dictionary. ``--baselines`` names the students (by label) trained without a
+teacher: the plot draws them apart. Options after ``--`` go to the task (e.g. ``--chitchat-max-turns 8``).
 
 Bad input (a missing model file, a student with another dictionary, an unknown
 task, an existing report without ``--overwrite``) stops with one line before
@@ -74,6 +76,12 @@ def parser() -> argparse.ArgumentParser:
         '--labels', nargs='+', default=None, help='display names: teacher, students'
     )
     p.add_argument(
+        '--baselines',
+        nargs='+',
+        default=[],
+        help='labels of students trained without a teacher (drawn apart in the plot)',
+    )
+    p.add_argument(
         '--overwrite', action='store_true', help='replace an earlier report in --out'
     )
     p.add_argument('--quiet', action='store_true', help='no progress bars')
@@ -103,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         task=args.task,
         datapath=args.datapath,
         labels=args.labels,
+        baselines=args.baselines,
         num_examples=args.num_examples,
         batchsize=args.batchsize,
         eval_batchsize=args.eval_batchsize,
