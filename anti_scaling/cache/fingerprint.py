@@ -20,6 +20,7 @@ import json
 import os
 from typing import Any
 
+from ..agents.options import TEXT_KEYS
 from ..errors import DistillationError, describe_exception
 from ..fileio import sha256_of
 
@@ -40,16 +41,10 @@ DICTIONARY_OPTION_KEYS = (
     'special_tok_lst',
 )
 DICTIONARY_FILE_KEYS = ('bpe_vocab', 'bpe_merge')
-# History and truncation options (the effective truncations are stored instead of
-# the raw --truncate / --text-truncate / --label-truncate trio).
-HISTORY_KEYS = (
-    'history_size',
-    'history_reversed',
-    'history_add_global_end_token',
-    'person_tokens',
-    'split_lines',
-    'add_p1_after_newln',
-    'delimiter',
+# History options: the student's inherited text options (agents.options) without
+# the raw --truncate / --text-truncate / --label-truncate trio, whose effective
+# values are stored instead; and which label ParlAI puts in the history.
+HISTORY_KEYS = tuple(k for k in TEXT_KEYS if not k.endswith('truncate')) + (
     'use_reply',
 )
 # Option names that never describe the data, even if a task declares them.
