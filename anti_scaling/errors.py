@@ -23,11 +23,16 @@ def describe_exception(exc: BaseException) -> str:
     return f'{type(exc).__name__}: {first}' if first else type(exc).__name__
 
 
+def print_error(exc: BaseException) -> None:
+    """Show an error to the user: ``anti_scaling: error: <message>`` on stderr."""
+    print(f'anti_scaling: error: {exc}', file=sys.stderr)
+
+
 def _excepthook(exc_type, exc, tb, _previous=sys.excepthook):  # noqa: ANN001
     if issubclass(exc_type, DistillationError) and not os.environ.get(
         'ANTI_SCALING_TRACEBACK'
     ):
-        print(f'anti_scaling: error: {exc}', file=sys.stderr)
+        print_error(exc)
         return
     _previous(exc_type, exc, tb)
 

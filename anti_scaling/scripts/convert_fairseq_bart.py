@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..errors import DistillationError, install_excepthook
+from ..errors import DistillationError, install_excepthook, print_error
 from ..fairseq_bart import DEFAULT_TOLERANCE, DICT_TOKENIZERS, convert_fairseq_bart
 
 
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             force=args.force,
         )
     except DistillationError as e:
-        print(f'anti_scaling: error: {e}', file=sys.stderr)
+        print_error(e)
         return 2
     arch = result.arch
     checked = (

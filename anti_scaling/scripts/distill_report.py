@@ -31,7 +31,7 @@ import shlex
 import sys
 import tempfile
 
-from ..errors import DistillationError
+from ..errors import DistillationError, print_error
 
 DEFAULT_DATAPATH = os.path.join(tempfile.gettempdir(), 'anti_scaling_parlai_data')
 
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = build_report(settings)
     except DistillationError as e:
-        print(f'anti_scaling: error: {e}', file=sys.stderr)
+        print_error(e)
         return 2
     for m in report['models']:
         g = m['generation']['greedy']

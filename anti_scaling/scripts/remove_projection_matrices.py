@@ -27,7 +27,7 @@ from ..agents.mixin import OPTIMIZER_PARAM_NAMES
 from ..agents.options import distillation_option_names
 from ..agents.student import PROJECTION_PREFIX
 from ..agents.teacher import model_class_of, read_model_opt
-from ..errors import DistillationError
+from ..errors import DistillationError, print_error
 from ..fileio import atomic_copy, atomic_path, atomic_write
 
 BACKUP_SUFFIX = '.orig'
@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
             args.model_file, args.output, args.backup, args.opt_only
         )
     except DistillationError as e:
-        print(f'anti_scaling: error: {e}', file=sys.stderr)
+        print_error(e)
         return 2
     print(
         f'{result.model_file}: removed {len(result.removed)} projection tensors; '

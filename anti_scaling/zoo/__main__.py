@@ -18,7 +18,7 @@ import argparse
 import json
 import sys
 
-from ..errors import DistillationError
+from ..errors import DistillationError, print_error
 from .manifest import ENV_MANIFEST, ENV_MIRROR, format_size, load_catalog
 from .recipes import RECIPES
 
@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return commands[args.command](args)
     except DistillationError as e:
-        print(f'anti_scaling: error: {e}', file=sys.stderr)
+        print_error(e)
         return 2
 
 
