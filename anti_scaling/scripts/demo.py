@@ -30,6 +30,8 @@ from typing import Any
 
 import torch
 
+from ..report.models import count_parameters
+
 TASK = 'anti_scaling.tasks.chitchat'
 DATA = {
     'chitchat_max_conversations': 1500,
@@ -151,17 +153,11 @@ def opening_turns(datapath: str, count: int) -> list[str]:
     return texts
 
 
-def generation_seconds(model_file: str, datapath: str, texts: list[str]) -> float:
-    """Mean seconds per reply of exactly ``REPLY_TOKENS`` tokens.
-
-    Decoding is greedy (beam size 1) with the minimum length set to the maximum,
-    so every model generates the same number of tokens and the times compare
-    compute, not reply lengths. Batch size 1; two warm-up replies excluded.
-    """
+def load_for_generation(model_file: str, datapath: str) -> Any:
+    """The model as a plain ``transformer/generator`` that decodes as timed below."""
     from parlai.core.agents import create_agent_from_model_file
-    from parlai.core.message import Message
 
-    agent = create_agent_from_model_file(
+    return create_agent_from_model_file(
         model_file,
         {
             'model': 'transformer/generator',
@@ -173,6 +169,18 @@ def generation_seconds(model_file: str, datapath: str, texts: list[str]) -> floa
             **DATA,
         },
     )
+
+
+def generation_seconds(agent: Any, texts: list[str]) -> float:
+    """Mean seconds per reply of exactly ``REPLY_TOKENS`` tokens.
+
+    Decoding (:func:`load_for_generation`) is greedy (beam size 1) with the
+    minimum length set to the maximum, so every model generates the same number
+    of tokens and the times compare compute, not reply lengths. Batch size 1;
+    two warm-up replies excluded.
+    """
+    from parlai.core.message import Message
+
     times = []
     for i, text in enumerate(texts):
         agent.reset()
@@ -182,18 +190,6 @@ def generation_seconds(model_file: str, datapath: str, texts: list[str]) -> floa
         if i >= 2:
             times.append(time.perf_counter() - start)
     return statistics.mean(times)
-
-
-def parameters(model_file: str) -> int:
-    states = torch.load(model_file, map_location='cpu', weights_only=False)['model']
-    seen, total = set(), 0
-    for key, tensor in states.items():
-        if key in ('embeddings.weight', 'decoder.embeddings.weight'):
-            key = 'encoder.embeddings.weight'  # one shared token embedding
-        if key not in seen and tensor.is_floating_point():
-            seen.add(key)
-            total += tensor.numel()
-    return total
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
@@ -310,9 +306,10 @@ def main(argv: list[str] | None = None) -> int:
         ('wide student (2+1 layers, width 128)', wide),
         ('narrow student (1+2 layers, width 64)', narrow),
     ]:
-        row = {'name': name, 'params': parameters(model_file)}
+        agent = load_for_generation(model_file, datapath)
+        row = {'name': name, 'params': count_parameters(agent.model)}
         row.update(evaluate(model_file, datapath, args.eval_examples))
-        row['seconds'] = generation_seconds(model_file, datapath, texts)
+        row['seconds'] = generation_seconds(agent, texts)
         rows.append(row)
     _done(t)
 
