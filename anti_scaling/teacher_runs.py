@@ -22,6 +22,7 @@ from parlai.core.torch_agent import Batch
 from parlai.core.torch_generator_agent import TorchGeneratorAgent
 from parlai.core.worlds import World
 
+from .agents.shortcuts import freeze
 from .agents.teacher import read_model_opt
 from .errors import DistillationError, describe_exception
 
@@ -107,8 +108,7 @@ def create_teacher_agent(opt: Opt, **overrides: Any) -> TorchGeneratorAgent:
             f'{path} is not a ParlAI generator model (transformer/generator, bart...)'
         )
     agent.model.eval()
-    for param in agent.model.parameters():
-        param.requires_grad_(False)
+    freeze(agent.model)
     return agent
 
 

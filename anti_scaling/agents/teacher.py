@@ -18,6 +18,7 @@ from parlai.core.opt import Opt
 from parlai.core.torch_generator_agent import TorchGeneratorModel
 
 from ..errors import DistillationError, describe_exception
+from .shortcuts import freeze
 
 ZOO_PREFIXES = ('zoo:', 'models:', 'izoo:')
 
@@ -164,8 +165,7 @@ def load_teacher(
     )
     model = agent.model
     model.eval()
-    for param in model.parameters():
-        param.requires_grad_(False)
+    freeze(model)
     teacher = Teacher(path, model, agent.dict, agent.opt, agent_class)
     _CACHE[key] = teacher
     return teacher
