@@ -28,7 +28,9 @@ setup(
     include_package_data=True,
     package_data={"anti_scaling": ["zoo/*.json", "py.typed"]},
     install_requires=[
-        "torch==2.13.0",
+        # A range, so that installing the plugin next to a CUDA build of torch keeps
+        # it; the exact tested version (2.13.0) is pinned in constraints.txt.
+        "torch>=2.4,<2.14",
         "numpy>=1.23",
         "sacrebleu>=2.3,<3",
         "nltk>=3.8",
@@ -41,6 +43,10 @@ setup(
         "setuptools<81",
         "matplotlib>=3.7",
         "chitchat-dataset==0.9.0",
+        # Every ParlAI dictionary: bytelevelbpe (BlenderBot 400M/1B/3B) and bpe
+        # (BlenderBot 90M and older models).
+        "tokenizers>=0.19",
+        "subword-nmt>=0.3.8",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-regressions"],
@@ -54,6 +60,10 @@ setup(
         # hydra-core 1.3 / omegaconf 2.3); Linux x86_64 wheels only (see
         # docs/fairseq_bart.md for other platforms). Its pins are in constraints.txt.
         "fairseq": ["ve-fairseq==0.12.3"],
+        # Hugging Face export/import (anti_scaling.export.hf).
+        "hf": ["transformers>=5,<6", "safetensors"],
+        # Student architecture search (anti_scaling.search).
+        "search": ["optuna>=4"],
     },
     entry_points={
         "console_scripts": [

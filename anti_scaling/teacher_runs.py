@@ -22,9 +22,8 @@ from parlai.core.torch_agent import Batch
 from parlai.core.torch_generator_agent import TorchGeneratorAgent
 from parlai.core.worlds import World
 
-from .agents.shortcuts import freeze
-from .agents.teacher import read_model_opt
 from .errors import DistillationError, describe_exception
+from .model_files import freeze, load_generator_agent, resolve_model_file
 
 # Fields of an observation that belong to its label (dropped before re-vectorising
 # the same context with another label).
@@ -82,31 +81,20 @@ def with_overrides(opt: Opt, **overrides: Any) -> Opt:
 def create_teacher_agent(opt: Opt, **overrides: Any) -> TorchGeneratorAgent:
     """Load the teacher named by ``opt['model_file']`` with the command line's options.
 
-    The agent is built for evaluation (no optimizer); ``overrides`` are applied on
-    top. Raises :class:`DistillationError` for a missing or non-generator model.
+    The agent is built for evaluation (no optimizer), eval mode, frozen;
+    ``overrides`` are applied on top. Raises :class:`DistillationError` for a
+    missing or non-generator model.
     """
-    from parlai.core.agents import create_agent
-
-    path = opt.get('model_file')
-    if not path:
+    if not opt.get('model_file'):
         raise DistillationError(
             '--teacher-model is required: the trained ParlAI model whose outputs '
             'are to be computed'
         )
-    read_model_opt(path)
     agent_opt = with_overrides(opt, datatype='valid', **overrides)
-    try:
-        agent = create_agent(agent_opt, requireModelExists=True)
-    except DistillationError:
-        raise
-    except Exception as e:
-        raise DistillationError(
-            f'could not load teacher {path}: {describe_exception(e)}'
-        ) from None
-    if not isinstance(agent, TorchGeneratorAgent) or agent.model is None:
-        raise DistillationError(
-            f'{path} is not a ParlAI generator model (transformer/generator, bart...)'
-        )
+    agent_opt['model_file'] = resolve_model_file(
+        agent_opt['model_file'], opt.get('datapath')
+    )
+    agent = load_generator_agent(agent_opt, role='teacher')
     agent.model.eval()
     freeze(agent.model)
     return agent

@@ -19,9 +19,9 @@ from parlai.core.params import ParlaiParser
 from parlai.core.teachers import create_task_agent_from_taskname
 from PIL import Image
 
+from anti_scaling.export.strip import remove_projection_matrices
 from anti_scaling.report import build
 from anti_scaling.scripts.distill_report import main
-from anti_scaling.scripts.remove_projection_matrices import remove_projection_matrices
 
 NARROW = 'anti_scaling.distillation:DistillNarrowTransformerAgent'
 NUM_EXAMPLES = 12

@@ -11,10 +11,8 @@ import torch
 from helpers import read_opt, reverse_examples, train
 
 from anti_scaling.errors import DistillationError
-from anti_scaling.scripts.remove_projection_matrices import (
-    main,
-    remove_projection_matrices,
-)
+from anti_scaling.export.strip import remove_projection_matrices
+from anti_scaling.scripts.remove_projection_matrices import main
 
 NARROW = 'anti_scaling.distillation:DistillNarrowTransformerAgent'
 BART_NARROW = 'anti_scaling.distillation:DistillNarrowBartAgent'

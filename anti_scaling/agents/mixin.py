@@ -27,6 +27,12 @@ from .. import losses
 from ..compat import compatible_lr_schedulers
 from ..errors import DistillationError, install_excepthook
 from ..fileio import atomic_write
+from ..model_files import (
+    OPTIMIZER_PARAM_NAMES,
+    PROJECTION_PREFIX,
+    PROJECTIONS_ATTR,
+    freeze,
+)
 from ..zoo.recipes import apply_recipe, get_recipe, recipe_teacher_mismatches
 from .capture import capture_states
 from .config import read_config, terms_from_config
@@ -45,14 +51,11 @@ from .plan import HEADWISE_ATTENTION_KINDS, DistillPlan, plan_from_options
 from .shapes import capture_once, check_modules, dry_run_batch, resolve_plan
 from .shortcuts import (
     check_shared_encoder,
-    freeze,
     provide_encoder_states,
     replies_to_labels,
     sample_replies,
 )
 from .student import (
-    PROJECTION_PREFIX,
-    PROJECTIONS_ATTR,
     build_projections,
     check_attention_heads,
     check_wide_student,
@@ -61,9 +64,6 @@ from .student import (
 from .teacher import Teacher, load_teacher
 
 STACKS = ('encoder', 'decoder')
-# Checkpoint key listing the names of the optimised parameters in optimizer order,
-# so that projections and their optimizer state can be stripped exactly.
-OPTIMIZER_PARAM_NAMES = 'optimizer_param_names'
 _SHARED = (
     'teacher_cache',
     'teachers',

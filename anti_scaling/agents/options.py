@@ -14,8 +14,9 @@ from parlai.core.opt import Opt
 from parlai.core.params import ParlaiParser
 
 from ..errors import DistillationError
+from ..model_files import ZOO_PREFIXES
+from ..option_keys import GENERAL_TO_SPECIFIC, INHERITED_KEYS
 from .plan import ATTENTION_KINDS, HIDDEN_KINDS, PREDICTION_KINDS
-from .teacher import ZOO_PREFIXES
 
 # Loss coefficients (flag dest -> default), as in the former implementation.
 LOSS_COEFFS = {
@@ -26,67 +27,6 @@ LOSS_COEFFS = {
     'embedding_loss_coeff': 0.0,
     'self_attn_loss_coeff': 0.0,
     'enc_dec_attn_loss_coeff': 0.0,
-}
-
-ARCHITECTURE_KEYS = (
-    'embedding_size',
-    'ffn_size',
-    'n_heads',
-    'n_layers',
-    'n_encoder_layers',
-    'n_decoder_layers',
-    'n_positions',
-    'n_segments',
-    'variant',
-    'activation',
-    'output_scaling',
-    'embeddings_scale',
-    'learn_positional_embeddings',
-    'share_word_embeddings',
-    'dropout',
-    'attention_dropout',
-    'relu_dropout',
-)
-DICTIONARY_KEYS = (
-    'dict_class',
-    'dict_file',
-    'dict_language',
-    'dict_max_ngram_size',
-    'dict_minfreq',
-    'dict_maxtokens',
-    'dict_nulltoken',
-    'dict_starttoken',
-    'dict_endtoken',
-    'dict_unktoken',
-    'dict_tokenizer',
-    'dict_lower',
-    'dict_textfields',
-    'bpe_vocab',
-    'bpe_merge',
-    'bpe_add_prefix_space',
-    'special_tok_lst',
-    'force_fp16_tokens',
-)
-TEXT_KEYS = (
-    'truncate',
-    'text_truncate',
-    'label_truncate',
-    'history_size',
-    'history_reversed',
-    'history_add_global_end_token',
-    'person_tokens',
-    'split_lines',
-    'add_p1_after_newln',
-    'delimiter',
-)
-INHERITED_KEYS = ARCHITECTURE_KEYS + DICTIONARY_KEYS + TEXT_KEYS
-
-# A general flag set on the command line stops its specific forms from being
-# inherited: `--n-layers 3` means 3 layers in both stacks, whatever the teacher's
-# per-stack counts were.
-_GENERAL_TO_SPECIFIC = {
-    'n_layers': ('n_encoder_layers', 'n_decoder_layers'),
-    'truncate': ('text_truncate', 'label_truncate'),
 }
 
 
@@ -395,7 +335,7 @@ def inherit_teacher_options(
     the teacher's dictionary unless ``--dict-file`` was given.
     """
     blocked = set(user_set)
-    for general, specific in _GENERAL_TO_SPECIFIC.items():
+    for general, specific in GENERAL_TO_SPECIFIC.items():
         if general in user_set:
             for key in specific:
                 if key not in user_set:

@@ -64,14 +64,6 @@ def check_shared_encoder(
         raise DistillationError(f'--share-teacher-encoder: {problem}')
 
 
-def freeze(module: nn.Module) -> int:
-    """Stop training ``module``'s parameters; returns how many tensors were frozen."""
-    params = list(module.parameters())
-    for param in params:
-        param.requires_grad_(False)
-    return len(params)
-
-
 @torch.no_grad()
 def sample_replies(
     model: nn.Module,

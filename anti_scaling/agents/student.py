@@ -8,9 +8,7 @@ import torch
 from torch import nn
 
 from ..errors import DistillationError
-
-PROJECTIONS_ATTR = 'distill_projections'
-PROJECTION_PREFIX = PROJECTIONS_ATTR + '.'
+from ..model_files import PROJECTION_PREFIX
 
 
 def check_wide_student(

@@ -2,25 +2,24 @@
 
 from __future__ import annotations
 
-import json
 import os
-import pickle
 from dataclasses import dataclass
 from typing import Any
 
 import parlai.utils.logging as logging
-import torch
-from parlai.core.agents import add_datapath_and_model_args, create_agent_from_opt_file
-from parlai.core.build_data import modelzoo_path
 from parlai.core.dict import DictionaryAgent
-from parlai.core.loader import load_agent_module
 from parlai.core.opt import Opt
 from parlai.core.torch_generator_agent import TorchGeneratorModel
 
 from ..errors import DistillationError, describe_exception
-from .shortcuts import freeze
-
-ZOO_PREFIXES = ('zoo:', 'models:', 'izoo:')
+from ..model_files import (
+    freeze,
+    load_generator_agent,
+    model_class_of,
+    model_file_opt,
+    read_model_opt,
+    resolve_model_file,
+)
 
 
 @dataclass
@@ -59,59 +58,6 @@ class Teacher:
 
 
 _CACHE: dict[tuple, Teacher] = {}
-
-
-def resolve_model_file(path: str, datapath: str | None) -> str:
-    """Map a ``zoo:`` path to its file (ParlAI downloads it if needed); else return as is."""
-    if path.startswith(ZOO_PREFIXES):
-        return modelzoo_path(datapath, path)
-    return os.path.expanduser(path)
-
-
-def read_model_opt(model_file: str, role: str = 'teacher') -> Opt:
-    """Read ``MODEL.opt`` after checking that ``model_file`` is a ParlAI model file.
-
-    Raises :class:`DistillationError` (one line) when the file or its ``.opt`` is
-    missing or unreadable.
-    """
-    if not os.path.isfile(model_file):
-        hint = (
-            ' (give --teacher-model the path of a trained ParlAI model file, or a '
-            'zoo: path)'
-            if role == 'teacher'
-            else ''
-        )
-        raise DistillationError(f'{role} model file not found: {model_file}{hint}')
-    optfile = model_file + '.opt'
-    if not os.path.isfile(optfile):
-        raise DistillationError(
-            f'{model_file} is not a ParlAI model: {optfile} is missing (a model '
-            'trained with parlai train_model has both MODEL and MODEL.opt)'
-        )
-    try:
-        opt = Opt.load(optfile)
-    except (json.JSONDecodeError, pickle.UnpicklingError, EOFError, ValueError) as e:
-        raise DistillationError(
-            f'{model_file} is not a ParlAI model: {optfile} is unreadable '
-            f'({type(e).__name__})'
-        ) from None
-    if not isinstance(opt, dict) or not opt.get('model'):
-        raise DistillationError(
-            f'{model_file} is not a ParlAI model: {optfile} does not name a model '
-            "class ('model' key)"
-        )
-    return opt
-
-
-def model_class_of(opt: dict, model_file: str) -> type:
-    """The ParlAI agent class named in a model's options."""
-    try:
-        return load_agent_module(opt['model'])
-    except Exception as e:  # ParlAI raises several types for an unknown model
-        raise DistillationError(
-            f"{model_file}: cannot load its model class {opt['model']!r} "
-            f'({describe_exception(e)})'
-        ) from None
 
 
 def check_teacher_kind(agent_class: type, expected: type, excluded: tuple, path: str):
@@ -161,7 +107,8 @@ def load_teacher(
         return _CACHE[key]
     logging.info(f'Loading teacher from {path}')
     agent = load_generator_agent(
-        path, datapath, {'datatype': 'valid', **overrides}, role='teacher'
+        model_file_opt(path, datapath, {'datatype': 'valid', **overrides}),
+        role='teacher',
     )
     model = agent.model
     model.eval()
@@ -169,31 +116,6 @@ def load_teacher(
     teacher = Teacher(path, model, agent.dict, agent.opt, agent_class)
     _CACHE[key] = teacher
     return teacher
-
-
-def load_generator_agent(
-    path: str, datapath: str | None, overrides: dict[str, Any], role: str = 'model'
-) -> Any:
-    """Build the ParlAI agent saved in ``path`` with ``overrides`` on its options.
-
-    Raises :class:`DistillationError` (one line naming ``role`` and ``path``) when
-    ParlAI cannot build it or it is not a generator with a ``torch`` model.
-    """
-    agent_opt = Opt(
-        {'model_file': path, 'datapath': datapath, 'override': dict(overrides)}
-    )
-    add_datapath_and_model_args(agent_opt)
-    try:
-        agent = create_agent_from_opt_file(agent_opt)
-    except DistillationError:
-        raise
-    except Exception as e:
-        raise DistillationError(
-            f'could not load {role} {path}: {describe_exception(e)}'
-        ) from None
-    if agent is None or not isinstance(getattr(agent, 'model', None), torch.nn.Module):
-        raise DistillationError(f'{path} did not load as a ParlAI generator model')
-    return agent
 
 
 def _teacher_without_weights(path: str, opt: Opt, agent_class: type) -> Teacher:

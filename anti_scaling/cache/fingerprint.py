@@ -20,33 +20,10 @@ import json
 import os
 from typing import Any
 
-from ..agents.options import TEXT_KEYS
 from ..errors import DistillationError, describe_exception
 from ..fileio import sha256_of
+from ..option_keys import DICTIONARY_FILE_KEYS, HISTORY_KEYS, TOKENIZATION_KEYS
 
-# Dictionary options that change how text becomes ids (the file's content is
-# compared by hash; its path may differ).
-DICTIONARY_OPTION_KEYS = (
-    'dict_class',
-    'dict_tokenizer',
-    'dict_lower',
-    'dict_language',
-    'dict_max_ngram_size',
-    'dict_nulltoken',
-    'dict_starttoken',
-    'dict_endtoken',
-    'dict_unktoken',
-    'dict_textfields',
-    'bpe_add_prefix_space',
-    'special_tok_lst',
-)
-DICTIONARY_FILE_KEYS = ('bpe_vocab', 'bpe_merge')
-# History options: the student's inherited text options (agents.options) without
-# the raw --truncate / --text-truncate / --label-truncate trio, whose effective
-# values are stored instead; and which label ParlAI puts in the history.
-HISTORY_KEYS = tuple(k for k in TEXT_KEYS if not k.endswith('truncate')) + (
-    'use_reply',
-)
 # Option names that never describe the data, even if a task declares them.
 _NOT_TASK_OPTIONS = {'datatype', 'datapath', 'download_path', 'batchsize'}
 
@@ -85,7 +62,7 @@ def dictionary_fingerprint(dict_file: str | None, opt: dict) -> dict[str, Any]:
             files[key] = file_sha256(path)
     return {
         'sha256': files,
-        'options': {k: _plain(opt.get(k)) for k in DICTIONARY_OPTION_KEYS},
+        'options': {k: _plain(opt.get(k)) for k in TOKENIZATION_KEYS},
     }
 
 

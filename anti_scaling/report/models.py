@@ -9,9 +9,13 @@ from typing import Any
 import torch
 from parlai.core.opt import Opt
 
-from ..agents.student import PROJECTION_PREFIX
-from ..agents.teacher import load_generator_agent, read_model_opt
 from ..errors import DistillationError
+from ..model_files import (
+    PROJECTION_PREFIX,
+    load_generator_agent,
+    model_file_opt,
+    read_model_opt,
+)
 
 
 @dataclass
@@ -64,18 +68,15 @@ def load_agent(path: str, datapath: str, overrides: dict[str, Any]) -> Any:
 
     ``overrides`` replace options saved with the model (e.g. ``label_truncate``).
     """
-    return load_generator_agent(
-        path,
-        datapath,
-        {
-            'datapath': datapath,
-            'datatype': 'valid',
-            'no_cuda': True,
-            'interactive_mode': False,
-            'skip_generation': True,
-            **overrides,
-        },
-    )
+    options = {
+        'datapath': datapath,
+        'datatype': 'valid',
+        'no_cuda': True,
+        'interactive_mode': False,
+        'skip_generation': True,
+        **overrides,
+    }
+    return load_generator_agent(model_file_opt(path, datapath, options))
 
 
 def check_dictionary(student: Model, teacher: Model) -> None:

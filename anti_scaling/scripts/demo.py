@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     _done(t, f"(valid ppl {float(valid['ppl']):.1f})")
 
     t = _step('stripping the narrow student of its projection matrices')
-    from .remove_projection_matrices import remove_projection_matrices
+    from ..export.strip import remove_projection_matrices
 
     result = remove_projection_matrices(narrow)
     _done(t, f'({len(result.removed)} tensors removed; loads with -m {result.model})')

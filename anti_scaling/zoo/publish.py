@@ -32,6 +32,7 @@ from typing import Any
 from .. import __version__
 from ..errors import DistillationError
 from ..fileio import atomic_path, sha256_of
+from ..option_keys import ARCHITECTURE_KEYS, MACHINE_ONLY_KEYS, MACHINE_PATH_KEYS
 from .manifest import (
     NAME_PATTERN,
     ZooFile,
@@ -41,21 +42,6 @@ from .manifest import (
     write_manifest,
 )
 from .recipes import get_recipe
-
-# .opt keys that hold paths of the publishing machine.
-_PATH_KEYS_TO_CLEAR = ('model_file', 'dict_file', 'init_model', 'init_opt')
-_PATH_KEYS_TO_DROP = ('datapath', 'parlai_home', 'download_path', 'override')
-_ARCHITECTURE_KEYS = (
-    'embedding_size',
-    'ffn_size',
-    'n_heads',
-    'n_layers',
-    'n_encoder_layers',
-    'n_decoder_layers',
-    'variant',
-    'activation',
-    'n_positions',
-)
 
 
 @dataclass
@@ -69,7 +55,7 @@ class PublishResult:
 
 def _check_stripped(model_file: str, opt: dict, states: dict[str, Any]) -> None:
     from ..agents.options import distillation_option_names
-    from ..agents.student import PROJECTION_PREFIX
+    from ..model_files import PROJECTION_PREFIX
 
     strip = f'python -m anti_scaling.scripts.remove_projection_matrices {model_file}'
     if any(k.startswith(PROJECTION_PREFIX) for k in states['model']):
@@ -86,8 +72,8 @@ def _check_stripped(model_file: str, opt: dict, states: dict[str, Any]) -> None:
 
 
 def _clean_opt(opt: dict) -> dict:
-    new = {k: v for k, v in opt.items() if k not in _PATH_KEYS_TO_DROP}
-    for key in _PATH_KEYS_TO_CLEAR:
+    new = {k: v for k, v in opt.items() if k not in MACHINE_ONLY_KEYS}
+    for key in MACHINE_PATH_KEYS:
         new[key] = None
     return new
 
@@ -152,8 +138,7 @@ def publish_model(
     """
     import torch
 
-    from ..agents.teacher import read_model_opt
-    from ..scripts.remove_projection_matrices import load_checkpoint
+    from ..model_files import load_checkpoint, read_model_opt
 
     if not NAME_PATTERN.match(name or ''):
         raise DistillationError(
@@ -208,7 +193,7 @@ def publish_model(
     parameters = sum(
         int(v.numel()) for v in states['model'].values() if hasattr(v, 'numel')
     )
-    architecture = {k: opt[k] for k in _ARCHITECTURE_KEYS if k in opt}
+    architecture = {k: opt[k] for k in ARCHITECTURE_KEYS if k in opt}
     if description is None:
         parts = [f'{kind} {name} ({parameters:,} parameters)']
         if recipe:

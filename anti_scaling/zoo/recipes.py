@@ -29,15 +29,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import DistillationError
+from ..option_keys import SHAPE_KEYS
 
 # Option names a recipe may set: the agents' flag dests.
-SHAPE_KEYS = (
-    'n_encoder_layers',
-    'n_decoder_layers',
-    'embedding_size',
-    'ffn_size',
-    'n_heads',
-)
 LAYER_MAP_KEYS = (
     'encoder_layer_map',
     'decoder_layer_map',

@@ -1,0 +1,1 @@
+"""Students leaving training: stripped of their projections (:mod:`.strip`)."""
