@@ -9,14 +9,14 @@ import pytest
 from helpers import TASK, run_batch, train, train_reports
 
 from anti_scaling.errors import DistillationError
-from anti_scaling.scripts import generate_pseudo_labels as script
-from anti_scaling.scripts.generate_pseudo_labels import cut_episodes, select_replies
-from anti_scaling.teacher_runs import (
+from anti_scaling.precompute import (
     BatchTap,
     create_teacher_agent,
     run_world,
     task_world,
 )
+from anti_scaling.scripts import generate_pseudo_labels as script
+from anti_scaling.scripts.generate_pseudo_labels import cut_episodes, select_replies
 
 NARROW = 'anti_scaling.distillation:DistillNarrowTransformerAgent'
 MULTITURN = 'integration_tests:multiturn_nocandidate'

@@ -17,14 +17,14 @@ from anti_scaling import losses
 from anti_scaling.cache import TeacherOutputCache, bytes_per_label_token, example_key
 from anti_scaling.cache.build import CacheWriter
 from anti_scaling.errors import DistillationError
-from anti_scaling.scripts import cache_teacher_outputs as script
-from anti_scaling.teacher_runs import (
+from anti_scaling.precompute import (
     BatchTap,
     create_teacher_agent,
     pad,
     run_world,
     task_world,
 )
+from anti_scaling.scripts import cache_teacher_outputs as script
 
 NARROW = 'anti_scaling.distillation:DistillNarrowTransformerAgent'
 MULTITURN = 'integration_tests:multiturn_nocandidate'

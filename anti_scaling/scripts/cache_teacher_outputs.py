@@ -42,7 +42,7 @@ from ..cache import fingerprint as fp
 from ..cache.build import CacheWriter, check_destination
 from ..cache.store import LOGPROB_DTYPES, batch_keys, bytes_per_label_token
 from ..errors import DistillationError, install_excepthook
-from ..teacher_runs import (
+from ..precompute import (
     BatchTap,
     add_teacher_model_arg,
     create_teacher_agent,

@@ -62,7 +62,7 @@ from parlai.core.torch_agent import Batch, Output
 from ..cache import fingerprint as fp
 from ..errors import DistillationError, install_excepthook
 from ..fileio import atomic_write
-from ..teacher_runs import (
+from ..precompute import (
     BatchTap,
     add_teacher_model_arg,
     create_teacher_agent,
