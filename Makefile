@@ -26,8 +26,8 @@ $(STAMP): $(BIN)/python setup.py constraints.txt pyproject.toml
 install: $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/black --check --quiet anti_scaling tests
-	$(BIN)/ruff check anti_scaling tests
+	$(BIN)/black --check --quiet anti_scaling tests experiments
+	$(BIN)/ruff check anti_scaling tests experiments
 
 test: lint
 	$(BIN)/python -m pytest -q
@@ -48,10 +48,10 @@ clean:
 # `make chitchat-report` always rebuilds the report from the trained models.
 .PHONY: chitchat-teacher chitchat-experiment chitchat-report
 chitchat-teacher: $(STAMP)
-	$(BIN)/python -m anti_scaling.scripts.chitchat_experiment teacher --out runs/chitchat
+	$(BIN)/python -m experiments.chitchat_experiment teacher --out runs/chitchat
 
 chitchat-experiment: $(STAMP)
-	$(BIN)/python -m anti_scaling.scripts.chitchat_experiment all --out runs/chitchat --docs docs/chitchat
+	$(BIN)/python -m experiments.chitchat_experiment all --out runs/chitchat --docs docs/chitchat
 
 chitchat-report: $(STAMP)
-	$(BIN)/python -m anti_scaling.scripts.chitchat_experiment report --force --out runs/chitchat --docs docs/chitchat
+	$(BIN)/python -m experiments.chitchat_experiment report --force --out runs/chitchat --docs docs/chitchat

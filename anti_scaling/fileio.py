@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -49,6 +50,22 @@ def atomic_copy(src: str, dst: str) -> None:
     """Copy ``src`` to ``dst`` (contents and mode) so that ``dst`` is never partial."""
     with atomic_path(dst) as tmp:
         shutil.copy2(src, tmp)
+
+
+def read_json(path: str, what: str) -> Any:
+    """The JSON value in ``path``; one-line :class:`DistillationError` naming
+    ``what`` (e.g. ``'report'``) when it is missing or unreadable."""
+    from .errors import DistillationError, describe_exception
+
+    try:
+        with open(path, encoding='utf-8') as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        raise DistillationError(f'{what} not found: {path}') from None
+    except (OSError, ValueError) as e:
+        raise DistillationError(
+            f'{what} {path} is not readable JSON ({describe_exception(e)})'
+        ) from None
 
 
 def sha256_of(path: str) -> str:

@@ -12,12 +12,14 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import tempfile
 from typing import Any
 
 import torch
 from parlai.core.opt import Opt
 
 from .errors import DistillationError, describe_exception
+from .fileio import atomic_write
 
 ZOO_PREFIXES = ('zoo:', 'models:', 'izoo:')
 #: Attribute of a student model holding its projections (an ``nn.ModuleDict``).
@@ -96,6 +98,18 @@ def plain_model_name(opt: dict, model_file: str) -> str:
     return 'transformer/generator'
 
 
+def find_dictionary(model_file: str, opt: dict, consequence: str) -> str:
+    """``MODEL.dict``, else the ``dict_file`` its options name; one-line
+    :class:`DistillationError` ending with ``consequence`` if neither exists."""
+    for path in (model_file + '.dict', opt.get('dict_file')):
+        if path and os.path.isfile(path):
+            return path
+    raise DistillationError(
+        f'no dictionary found for {model_file} ({model_file}.dict is missing); '
+        f'{consequence}'
+    )
+
+
 def load_checkpoint(model_file: str) -> dict[str, Any]:
     """Read a ParlAI checkpoint (the user's own file: it is unpickled as ParlAI does)."""
     import parlai.utils.pickle
@@ -170,3 +184,21 @@ def freeze(module: torch.nn.Module) -> int:
     for param in params:
         param.requires_grad_(False)
     return len(params)
+
+
+def write_dictionary(dictionary: Any, path: str) -> bool:
+    """Make ``path`` hold ``dictionary`` (a ParlAI ``DictionaryAgent``), atomically.
+
+    Returns whether the file changed (an existing identical file is kept).
+    """
+    with tempfile.TemporaryDirectory() as tmpdir:
+        fresh = os.path.join(tmpdir, 'dict')
+        dictionary.save(fresh, sort=False)
+        with open(fresh, 'rb') as fh:
+            content = fh.read()
+    if os.path.isfile(path):
+        with open(path, 'rb') as fh:
+            if fh.read() == content:
+                return False
+    atomic_write(path, lambda fh: fh.write(content), mode='wb')
+    return True

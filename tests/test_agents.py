@@ -175,9 +175,7 @@ def test_distill_loss_is_the_weighted_sum_of_its_terms(
 
     def metric(name):
         items = agent._local_metrics[name]
-        numer = sum(float(m._numer) for m in items)
-        denom = sum(float(m._denom) for m in items)
-        return numer / denom
+        return sum(items[1:], items[0]).value()
 
     expected = coeffs['task_loss_coeff'] * metric('loss')
     for name, coeff_key in [
@@ -225,7 +223,8 @@ def test_zero_coefficients_capture_and_compute_nothing(
         datapath,
     )
     plan = agent.distill_plan
-    assert plan.terms == () and plan.projections == {}
+    assert [t.metric for t in plan.terms] == ['pred_loss']
+    assert plan.module_terms == () and plan.projections == {}
     assert plan.student_points == [] and plan.teacher_points == []
     assert not hasattr(agent.model, 'distill_projections')
     metrics = run_batch(agent, reverse_examples(4))[0]['metrics']

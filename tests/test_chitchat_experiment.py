@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from anti_scaling.scripts.chitchat_experiment import STUDENTS, main, training_order
+from experiments.chitchat_experiment import STUDENTS, main, training_order
 
 
 def test_dry_run_prints_every_step(tmp_path, capsys):

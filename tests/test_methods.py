@@ -12,9 +12,11 @@ import torch.nn.functional as F
 from helpers import make_agent, reverse_examples, train, train_reports
 
 from anti_scaling import losses
-from anti_scaling.agents.capture import CapturePoint
+from anti_scaling.agents.capture import LOGITS, CapturePoint
 from anti_scaling.agents.config import read_config, terms_from_config
-from anti_scaling.agents.plan import DistillPlan, DistillTerm, StatePair, scheduled
+from anti_scaling.agents.objectives import objective
+from anti_scaling.agents.plan import DistillPlan, DistillTerm, StatePair
+from anti_scaling.agents.schedules import scheduled
 from anti_scaling.errors import DistillationError
 
 NARROW = 'anti_scaling.distillation:DistillNarrowTransformerAgent'
@@ -48,9 +50,20 @@ def _batch(agent, n=6):
     return agent.batchify(observations)
 
 
+def _teacher_targets(agent, batch, terms, temperature):
+    return agent.distillation.teachers.targets(
+        agent._model_input(batch),
+        agent._encoder_input(batch),
+        batch.label_vec,
+        agent.distill_plan,
+        terms,
+        temperature,
+    )
+
+
 def _metric(agent, name):
     items = agent._local_metrics[name]
-    return sum(float(m._numer) for m in items) / sum(float(m._denom) for m in items)
+    return sum(items[1:], items[0]).value()
 
 
 # --- schedules and plans (pure) ---------------------------------------------------
@@ -62,9 +75,9 @@ def test_schedule_interpolation_and_two_step_weights():
     assert scheduled(None, 5, 7.0) == 7.0
     point = CapturePoint('encoder', 'output', 0)
     term = DistillTerm('enc_loss', (StatePair(point, point),), 2.0)
-    plan = DistillPlan(
-        task_coeff=1.0, pred_coeff=3.0, terms=(term,), intermediate_steps=4
-    )
+    logits = StatePair(LOGITS, LOGITS, 'kl', 'decoder')
+    pred = DistillTerm('pred_loss', (logits,), 3.0, stage='final')
+    plan = DistillPlan(task_coeff=1.0, terms=(term, pred), intermediate_steps=4)
     assert plan.weights(0) == {'loss': 0.0, 'pred_loss': 0.0, 'enc_loss': 2.0}
     assert plan.weights(3)['enc_loss'] == 2.0
     assert plan.weights(4) == {'loss': 1.0, 'pred_loss': 3.0, 'enc_loss': 0.0}
@@ -234,7 +247,10 @@ def test_config_projection_shapes_are_inferred(teacher_file, datapath, tmp_path)
 # --- objectives chosen by flag ----------------------------------------------------
 
 
-@pytest.mark.parametrize('kind', ['reverse_kl', 'jsd', 'logit_mse', 'soft_ce'])
+@pytest.mark.parametrize(
+    'kind',
+    ['reverse_kl', 'jsd', 'logit_mse', 'soft_ce', 'skew_kl', 'skew_reverse_kl', 'taid'],
+)
 def test_prediction_objective_flag(kind, teacher_file, datapath, tmp_path):
     agent = make_agent(
         _args(
@@ -248,6 +264,10 @@ def test_prediction_objective_flag(kind, teacher_file, datapath, tmp_path):
             kind,
             '--jsd-beta',
             '0.3',
+            '--skew-alpha',
+            '0.2',
+            '--taid-steps',
+            '10',
             '--distill-temperature',
             '2',
         ),
@@ -261,7 +281,10 @@ def test_prediction_objective_flag(kind, teacher_file, datapath, tmp_path):
         student = agent.model(batch.text_vec, ys=batch.label_vec)[0]
         teacher = agent.teacher.model(batch.text_vec, ys=batch.label_vec)[0]
     mask = batch.label_vec != agent.NULL_IDX
-    expected = losses.prediction_loss(kind, student, teacher, mask, 2.0, 0.3).mean()
+    spec = objective(kind)
+    params = {'temperature': 2.0, 'beta': 0.3, 'alpha': 0.2, 'interpolation': 0.4}
+    params = {k: v for k, v in params.items() if k in spec.params}
+    expected = spec.function(student, teacher, mask, **params).mean()
     assert total.item() == pytest.approx(expected.item(), rel=1e-5)
     assert _metric(agent, 'pred_loss') == pytest.approx(expected.item(), rel=1e-5)
 
@@ -369,16 +392,18 @@ def test_several_teachers_average_their_distributions(
         datapath,
     )
     assert len(agent.teachers) == 2 and agent.teacher is agent.teachers[0]
-    assert agent.teacher_mix == [0.75, 0.25]
+    assert agent.distillation.teachers.weights == [0.75, 0.25]
     batch = _batch(agent)
     plan = agent.distill_plan
-    _, (mixed, tokens) = agent._run_teachers(batch, plan, True, 2.0)
+    _, (mixed, tokens) = _teacher_targets(agent, batch, plan.terms, 2.0)
     with torch.no_grad():
         z1 = agent.teachers[0].model(batch.text_vec, ys=batch.label_vec)[0]
         z2 = agent.teachers[1].model(batch.text_vec, ys=batch.label_vec)[0]
     expected = 0.75 * F.softmax(z1 / 2, -1) + 0.25 * F.softmax(z2 / 2, -1)
     assert torch.allclose(F.softmax(mixed / 2, -1), expected, atol=1e-6)
-    assert torch.equal(tokens, expected.argmax(-1))
+    # teacher_acc compares with the ensemble's own prediction (temperature 1)
+    at_one = 0.75 * F.softmax(z1, -1) + 0.25 * F.softmax(z2, -1)
+    assert torch.equal(tokens, at_one.argmax(-1))
     # intermediate terms come from the designated teacher only (4 layers here)
     assert agent.opt['encoder_layer_map'] == '1,3'
 
@@ -490,3 +515,125 @@ def test_two_step_distillation_switches_terms(teacher_file, datapath, tmp_path):
     assert early and late
     assert all('enc_hid_loss' in r and 'pred_loss' not in r for r in early)
     assert all('pred_loss' in r and 'enc_hid_loss' not in r for r in late)
+
+
+# --- one structure, whatever states it -------------------------------------------
+
+
+def test_config_relations_equal_the_command_line_and_get_no_projection(
+    teacher_file, datapath, tmp_path
+):
+    """MiniLMv2 stated in a config file gives the flags' loss, with no projection."""
+    flags = make_agent(
+        _args(
+            teacher_file,
+            tmp_path / 'flags',
+            '--n-heads',
+            '2',
+            '--self-attn-loss-coeff',
+            '1',
+            '--attn-loss-type',
+            'minilmv2',
+            '--relation-heads',
+            '4',
+            '--task-loss-coeff',
+            '0',
+        ),
+        datapath,
+    )
+    maps = [int(x) for x in flags.opt['encoder_layer_map'].split(',')]
+    terms = []
+    for which in 'qkv':
+        for stack, attention in (
+            ('encoder', 'attention'),
+            ('decoder', 'self_attention'),
+        ):
+            for i, j in enumerate(maps):
+                terms.append(
+                    {
+                        'student': f'{stack}.layers.{i}.{attention}.{which}_lin',
+                        'teacher': f'{stack}.layers.{j}.{attention}.{which}_lin',
+                        'loss': 'relation_kl',
+                        'relation_heads': 4,
+                        'positions': stack,
+                        'metric': f'{stack}_{which}',
+                        # relation losses count pairs of layers per metric; the
+                        # flags average the q+k+v sum over layers instead
+                        'weight': 1.0,
+                    }
+                )
+    config = tmp_path / 'minilmv2.json'
+    config.write_text(json.dumps({'terms': terms}))
+    from_config = make_agent(
+        _args(
+            teacher_file,
+            tmp_path / 'config',
+            '--n-heads',
+            '2',
+            '--distill-config',
+            str(config),
+            '--task-loss-coeff',
+            '0',
+        ),
+        datapath,
+    )
+    # the widths differ (16 vs 32): still no projection for relations
+    assert not from_config.distill_plan.projections
+    assert not flags.distill_plan.projections
+    from_config.model.load_state_dict(flags.model.state_dict())
+    batch = _batch(flags)
+    values = {}
+    for agent in (flags, from_config):
+        agent.model.eval()
+        agent._local_metrics.clear()
+        with torch.no_grad():
+            agent.compute_loss(batch)
+        values[agent] = {k: _metric(agent, k) for k in agent._local_metrics}
+    for stack, prefix in (('encoder', 'enc'), ('decoder', 'dec')):
+        summed = sum(values[from_config][f'{stack}_{w}'] for w in 'qkv')
+        assert summed == pytest.approx(
+            values[flags][f'{prefix}_self_attn_loss'], rel=1e-5
+        )
+    assert values[from_config]['distill_loss'] == pytest.approx(
+        values[flags]['distill_loss'], rel=1e-5
+    )
+
+
+def test_logit_mse_of_several_teachers_compares_averaged_logits(
+    teacher_file, second_teacher, datapath, tmp_path
+):
+    def pred_loss(teachers, weights):
+        agent = make_agent(
+            _args(
+                teachers,
+                tmp_path / weights.replace(',', '_'),
+                '--pred-loss-coeff',
+                '1',
+                '--pred-loss-type',
+                'logit_mse',
+                '--teacher-weights',
+                weights,
+            ),
+            datapath,
+        )
+        torch.manual_seed(0)
+        for p in agent.model.parameters():
+            torch.nn.init.normal_(p, std=0.1)
+        agent.model.eval()
+        agent._local_metrics.clear()
+        with torch.no_grad():
+            agent.compute_loss(_batch(agent))
+        return agent, _metric(agent, 'pred_loss')
+
+    _, alone = pred_loss(teacher_file, '1')
+    _, first_only = pred_loss(f'{teacher_file},{second_teacher}', '1,0')
+    assert first_only == pytest.approx(alone, rel=1e-6)
+    agent, mixed = pred_loss(f'{teacher_file},{second_teacher}', '3,1')
+    batch = _batch(agent)
+    with torch.no_grad():
+        s = agent.model(batch.text_vec, ys=batch.label_vec)[0]
+        z1 = agent.teachers[0].model(batch.text_vec, ys=batch.label_vec)[0]
+        z2 = agent.teachers[1].model(batch.text_vec, ys=batch.label_vec)[0]
+    mask = batch.label_vec != agent.NULL_IDX
+    expected = losses.logit_mse(s, 0.75 * z1 + 0.25 * z2, mask).mean()
+    assert mixed == pytest.approx(expected.item(), rel=1e-5)

@@ -60,7 +60,7 @@ def test_wide_transformer_copies_mapped_layers_and_embeddings(
         datapath,
     )
     maps = {'encoder': [0, 2], 'decoder': [1, 3]}
-    assert agent.init_layer_maps == maps
+    assert agent.distillation.init_layer_maps == maps
     assert agent.opt['encoder_layer_map'] == '1,3'  # supervision map: default
     assert agent.opt['encoder_init_layer_map'] == '0,2'
     assert agent.opt['decoder_init_layer_map'] == '1,3'  # follows the layer map
@@ -91,7 +91,7 @@ def test_wide_bart_copies_every_layernorm(bart_teacher_file, datapath, tmp_path)
         datapath,
     )
     maps = {'encoder': [2], 'decoder': [0, 2]}
-    assert agent.init_layer_maps == maps
+    assert agent.distillation.init_layer_maps == maps
     names = set(agent.model.state_dict())
     # BART has embedding LayerNorms in both stacks; they must be copied too
     assert 'encoder.norm_embeddings.weight' in names

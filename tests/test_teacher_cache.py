@@ -577,7 +577,7 @@ def test_topk_kl_on_real_teacher_outputs(full_cache, teacher_file, datapath, cap
             )
             assert lower.mean() <= full.mean() + 1e-5
         agreement = losses.cached_agreement(student.argmax(-1), t.ids, mask)
-        expected = losses.argmax_agreement(student, logits, mask)
+        expected = losses.token_agreement(student.argmax(-1), logits.argmax(-1), mask)
         assert torch.equal(agreement.total, expected.total)
     assert max(errors) < 1e-3
     with capsys.disabled():
@@ -730,7 +730,7 @@ def test_agent_with_cache_needs_no_teacher_model_and_matches_the_live_kl(
     args += ['-mf', str(tmp_path / 's' / 'model'), '--embedding-size', '16']
     args += ['--n-layers', '1', '--pred-loss-coeff', '1', '--distill-temperature', '2']
     cached = make_agent([*args, '--teacher-cache', full_cache[0]], datapath)
-    assert cached.teacher.model is None and cached.teacher_cache is not None
+    assert cached.teacher.model is None and cached.distillation.cache is not None
     live = make_agent(args, datapath)
     live.model.load_state_dict(cached.model.state_dict())
     _, examples = task_examples(teacher_file, datapath, MULTITURN, 'valid')

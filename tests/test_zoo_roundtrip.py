@@ -11,11 +11,11 @@ import pytest
 from zoo_support import PROXY_VARIABLES, FileServer
 
 from anti_scaling.errors import DistillationError
+from anti_scaling.export.publish import publish_model
 from anti_scaling.zoo import install_zoo_finder, zoo_path
 from anti_scaling.zoo.__main__ import main
 from anti_scaling.zoo.download import MARKER, model_dir
 from anti_scaling.zoo.manifest import ENV_MANIFEST, ENV_MIRROR, read_manifest
-from anti_scaling.zoo.publish import publish_model
 
 PROMPTS = ['1 2 3 4', '5 6 7', '9 8 1 2', '3']
 

@@ -5,7 +5,7 @@ A JSON or YAML file with a list of terms::
     terms:
       - student: encoder.layers.1[post]     # a module by its name in the model
         teacher: encoder.layers.3[post]     # [pre]: its input, [post]: its output
-        loss: cosine                        # see OBJECTIVES below
+        loss: cosine                        # see docs/methods.md
         weight: 2.0
       - student: decoder.layers.0.encoder_attention.k_lin
         teacher: decoder.layers.5.encoder_attention.k_lin
@@ -22,12 +22,14 @@ from student to teacher width when they differ), ``student`` (always project
 the student), ``teacher`` (project the teacher to the student's width), or
 ``none`` (widths must match); ``positions``: ``encoder``, ``decoder`` or
 ``cross`` (inferred from the module names); ``heads`` (value relations),
-``relation_heads`` (relation KL); ``metric``: the reported name (terms sharing
-a metric are averaged); ``schedule``.
+``relation_heads`` (relation KL; relation objectives never get a projection:
+they compare position-by-position relations, whatever the widths); ``metric``:
+the reported name (terms sharing a metric are averaged); ``schedule``.
 
 The command-line coefficients are shorthand for terms of this same structure
 (:func:`anti_scaling.agents.plan.plan_from_options`); both are computed by
-:mod:`anti_scaling.agents.evaluate`.
+:mod:`anti_scaling.agents.term_values`. A shared module (the token embeddings
+serve encoder and decoder) is named through its caller: ``encoder.embeddings``.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ from typing import Any
 
 from ..errors import DistillationError, describe_exception
 from .capture import CapturePoint
-from .plan import OBJECTIVES, POSITIONS, SCORE_OBJECTIVES, DistillTerm, StatePair
+from .objectives import MODULE_OBJECTIVES, objective
+from .plan import POSITIONS, DistillTerm, StatePair
 
 _MODULE = re.compile(r'^\s*([A-Za-z0-9_.]+?)\s*(?:\[(pre|post)\])?\s*$')
 TERM_KEYS = {
@@ -94,7 +97,7 @@ def _point(text: Any, index: Any, loss: str, where_from: str) -> CapturePoint:
             'encoder.layers.3 or encoder.layers.3[pre]'
         )
     module, side = match.group(1), match.group(2) or 'post'
-    if index is None and loss in SCORE_OBJECTIVES and side == 'post':
+    if index is None and objective(loss).compares == 'scores' and side == 'post':
         index = 2  # ParlAI's MultiHeadAttention returns (out, cache, scores)
     if index is not None and not isinstance(index, int):
         raise DistillationError(
@@ -107,7 +110,7 @@ def infer_positions(point: CapturePoint, loss: str) -> str:
     """Which tokens a tensor lives on, from its module's name."""
     name = point.module
     if '.encoder_attention' in name:
-        if loss in SCORE_OBJECTIVES:
+        if objective(loss).compares == 'scores':
             return 'cross'
         if name.endswith(('.k_lin', '.v_lin')):
             return 'encoder'
@@ -132,9 +135,9 @@ def _schedule(raw: Any, where_from: str) -> tuple[tuple[int, float], ...] | None
 def terms_from_config(data: dict[str, Any], path: str) -> list[DistillTerm]:
     """Turn a parsed config into terms; projections are named ``cfg<i>``.
 
-    Projection shapes are not known here: the agent infers them from one dry
-    forward pass (:func:`anti_scaling.agents.mixin`), where ``projection:
-    auto`` pairs whose widths match get no projection.
+    Projection shapes are not known here: they are inferred from one dry
+    forward pass (:func:`anti_scaling.agents.plan_checks.check_plan`), where
+    ``projection: auto`` pairs whose widths match get no projection.
     """
     grouped: dict[str, dict[str, Any]] = {}
     for i, raw in enumerate(data['terms']):
@@ -151,14 +154,23 @@ def terms_from_config(data: dict[str, Any], path: str) -> list[DistillTerm]:
             if key not in raw:
                 raise DistillationError(f'{where_from}: {key!r} is required')
         loss = raw.get('loss', 'mse')
-        if loss not in OBJECTIVES:
+        if loss not in MODULE_OBJECTIVES:
             raise DistillationError(
-                f'{where_from}: unknown loss {loss!r} (known: {", ".join(OBJECTIVES)})'
+                f'{where_from}: unknown loss {loss!r} (known: '
+                f'{", ".join(MODULE_OBJECTIVES)})'
             )
         projection = raw.get('projection', 'auto')
         if projection not in PROJECTIONS:
             raise DistillationError(
                 f'{where_from}: projection must be one of {", ".join(PROJECTIONS)}'
+            )
+        if objective(loss).compares == 'relations' and projection in (
+            'student',
+            'teacher',
+        ):
+            raise DistillationError(
+                f'{where_from}: {loss} compares relations between positions, which '
+                'need no projection (any widths work): remove projection'
             )
         student = _point(raw['student'], raw.get('index'), loss, where_from)
         teacher = _point(raw['teacher'], raw.get('index'), loss, where_from)
@@ -177,6 +189,7 @@ def terms_from_config(data: dict[str, Any], path: str) -> list[DistillTerm]:
             raise DistillationError(f'{where_from}: relation_kl needs relation_heads')
         if loss == 'value_relation' and not raw.get('heads'):
             raise DistillationError(f'{where_from}: value_relation needs heads')
+        params = {k: raw[k] for k in objective(loss).params if raw.get(k)}
         pair = StatePair(
             student,
             teacher,
@@ -184,8 +197,7 @@ def terms_from_config(data: dict[str, Any], path: str) -> list[DistillTerm]:
             positions,
             projection=None if projection == 'none' else f'cfg{i}:{projection}',
             project_teacher=projection == 'teacher',
-            heads=raw.get('heads'),
-            relation_heads=raw.get('relation_heads'),
+            params=tuple(params.items()),
         )
         metric = raw.get('metric') or f'cfg{i}_{loss}_loss'
         schedule = _schedule(raw.get('schedule'), where_from)

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import parlai.utils.logging as logging
+
 from ..errors import DistillationError
+from ..loss_terms import LOSS_TERMS
+
+STACKS = ('encoder', 'decoder')
 
 
 def uniform_layer_map(n_student: int, n_teacher: int) -> list[int]:
@@ -72,3 +77,49 @@ def parse_layer_map(
             'for layer-wise terms)'
         )
     return layer_map
+
+
+def resolve_layer_maps(
+    opt: dict, layers: dict[str, int], teacher_layers: dict[str, int], wide: bool
+) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
+    """The supervision maps and (wide students) the init maps, checked and logged.
+
+    Both are written back into ``opt`` (``--encoder-layer-map`` ...), so they are
+    saved in the student's ``.opt`` and reused on resume. A stack gets a
+    supervision map when a layer-wise term is on, the user gave one, or the
+    student is wide (whose init maps default to the supervision maps).
+    """
+    layerwise = any(
+        term.layerwise and float(opt.get(term.dest) or 0) > 0 for term in LOSS_TERMS
+    )
+    maps: dict[str, list[int]] = {}
+    for stack in STACKS:
+        key = f'{stack}_layer_map'
+        if layerwise or opt.get(key) or wide:
+            maps[stack] = parse_layer_map(
+                opt.get(key), layers[stack], teacher_layers[stack], f'{stack}-layer-map'
+            )
+            opt[key] = format_layer_map(maps[stack])
+        else:
+            maps[stack] = []
+    init_maps: dict[str, list[int]] = {}
+    if wide:
+        for stack in STACKS:
+            key = f'{stack}_init_layer_map'
+            init_maps[stack] = parse_layer_map(
+                opt.get(key) or opt[f'{stack}_layer_map'],
+                layers[stack],
+                teacher_layers[stack],
+                f'{stack}-init-layer-map',
+            )
+            opt[key] = format_layer_map(init_maps[stack])
+    if layerwise or wide:
+        init = (
+            '; init ' + '; '.join(f'{s} {init_maps[s]}' for s in STACKS) if wide else ''
+        )
+        logging.info(
+            'Layer maps (student layer -> teacher layer): '
+            + '; '.join(f'{s} {maps[s]}' for s in STACKS)
+            + init
+        )
+    return maps, init_maps

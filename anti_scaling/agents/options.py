@@ -14,20 +14,10 @@ from parlai.core.opt import Opt
 from parlai.core.params import ParlaiParser
 
 from ..errors import DistillationError
+from ..loss_terms import COEFFICIENTS, KIND_OPTIONS, LOSS_TERMS
 from ..model_files import ZOO_PREFIXES
 from ..option_keys import GENERAL_TO_SPECIFIC, INHERITED_KEYS
-from .plan import ATTENTION_KINDS, HIDDEN_KINDS, PREDICTION_KINDS
-
-# Loss coefficients (flag dest -> default), as in the former implementation.
-LOSS_COEFFS = {
-    'task_loss_coeff': 1.0,
-    'encoder_loss_coeff': 0.0,
-    'hidden_loss_coeff': 0.0,
-    'pred_loss_coeff': 0.0,
-    'embedding_loss_coeff': 0.0,
-    'self_attn_loss_coeff': 0.0,
-    'enc_dec_attn_loss_coeff': 0.0,
-}
+from .plan import taid_steps
 
 
 class _TeacherModelAction(argparse._StoreAction):
@@ -74,24 +64,9 @@ def add_distillation_args(
         'dictionary and, unless set on the command line, its architecture and '
         'text-processing options.',
     )
-    helps = {
-        'task_loss_coeff': 'Weight of the cross-entropy against the labels (loss).',
-        'encoder_loss_coeff': 'Weight of the MSE between encoder outputs (enc_loss).',
-        'hidden_loss_coeff': 'Weight of the MSE between mapped layer outputs '
-        '(enc_hid_loss + dec_hid_loss).',
-        'pred_loss_coeff': 'Weight of T^2 * KL(teacher || student) on the output '
-        'distributions (pred_loss).',
-        'embedding_loss_coeff': 'Weight of the MSE between the embedding outputs '
-        'that the first layers receive (enc_emb_loss + dec_emb_loss).',
-        'self_attn_loss_coeff': 'Weight of the MSE between pre-softmax '
-        'self-attention scores of mapped layers (enc_self_attn_loss + '
-        'dec_self_attn_loss). Needs equal head counts.',
-        'enc_dec_attn_loss_coeff': 'Weight of the MSE between pre-softmax '
-        'encoder-decoder attention scores (enc_dec_attn_loss). Needs equal heads.',
-    }
-    for dest, default in LOSS_COEFFS.items():
+    for term in LOSS_TERMS:
         group.add_argument(
-            '--' + dest.replace('_', '-'), type=float, default=default, help=helps[dest]
+            term.flag, type=float, default=term.default, help=term.help()
         )
     group.add_argument(
         '--recipe',
@@ -106,15 +81,14 @@ def add_distillation_args(
         default=1.0,
         help='Softmax temperature T of pred_loss (scaled by T^2).',
     )
-    group.add_argument(
-        '--pred-loss-type',
-        type=str,
-        default='kl',
-        choices=PREDICTION_KINDS,
-        help='Prediction-layer objective of pred_loss: kl (forward KL, Hinton), '
-        'reverse_kl, jsd (generalised Jensen-Shannon of GKD, see --jsd-beta), '
-        'logit_mse, soft_ce. Temperature and T^2 scaling as documented in docs/methods.md.',
-    )
+    for option in KIND_OPTIONS:
+        group.add_argument(
+            option.flag,
+            type=str,
+            default=option.default,
+            choices=option.names,
+            help=option.help(),
+        )
     group.add_argument(
         '--jsd-beta',
         type=float,
@@ -122,21 +96,38 @@ def add_distillation_args(
         help='Mixing weight beta of --pred-loss-type jsd (0: forward KL, 1: reverse KL).',
     )
     group.add_argument(
-        '--hidden-loss-type',
-        type=str,
-        default='mse',
-        choices=HIDDEN_KINDS,
-        help='Objective of the hidden-state terms: mse, cosine (DistilBERT) or pkd '
-        '(MSE of L2-normalised states, Patient KD).',
+        '--skew-alpha',
+        type=float,
+        default=0.1,
+        help='Skew alpha of --pred-loss-type skew_kl / skew_reverse_kl, in [0, 1) '
+        '(0: plain forward / reverse KL).',
     )
     group.add_argument(
-        '--attn-loss-type',
-        type=str,
-        default='score_mse',
-        choices=ATTENTION_KINDS,
-        help='Objective of the attention terms: score_mse (TinyBERT), distribution_kl '
-        '(MiniLM attention transfer), value_relation (MiniLM), minilm (both), '
-        'minilmv2 (query/key/value relations; any head counts and widths).',
+        '--taid-start',
+        type=float,
+        default=0.4,
+        help='--pred-loss-type taid: interpolation t at the first step (0: the '
+        'student\'s own distribution, 1: the teacher\'s).',
+    )
+    group.add_argument(
+        '--taid-end',
+        type=float,
+        default=1.0,
+        help='--pred-loss-type taid: interpolation t at the end of the schedule.',
+    )
+    group.add_argument(
+        '--taid-steps',
+        type=int,
+        default=None,
+        help='--pred-loss-type taid: steps over which t rises linearly from '
+        '--taid-start to --taid-end (default: --max-train-steps).',
+    )
+    group.add_argument(
+        '--taid-adaptive',
+        type='bool',
+        default=True,
+        help='--pred-loss-type taid: also raise t faster while the objective falls '
+        'quickly (TAID\'s momentum update); the linear schedule stays a floor.',
     )
     group.add_argument(
         '--relation-heads',
@@ -370,7 +361,7 @@ def check_required(opt: dict) -> None:
             '--teacher-model is required: the path of the trained ParlAI model to '
             'distil (or a zoo: path)'
         )
-    for dest in LOSS_COEFFS:
+    for dest in COEFFICIENTS:
         value = opt.get(dest)
         if value is not None and float(value) < 0:
             raise DistillationError(
@@ -395,6 +386,11 @@ def check_required(opt: dict) -> None:
     beta = float(opt.get('jsd_beta') if opt.get('jsd_beta') is not None else 0.5)
     if not 0 <= beta <= 1:
         raise DistillationError(f'--jsd-beta is {beta}: it must be in [0, 1]')
+    alpha = float(opt.get('skew_alpha') if opt.get('skew_alpha') is not None else 0.1)
+    if not 0 <= alpha < 1:
+        raise DistillationError(f'--skew-alpha is {alpha}: it must be in [0, 1)')
+    if opt.get('pred_loss_type') == 'taid':
+        _check_taid(opt)
     if int(opt.get('intermediate_steps') or 0) < 0:
         raise DistillationError('--intermediate-steps must be >= 0')
     fraction = float(opt.get('on_policy_fraction') or 0)
@@ -425,3 +421,18 @@ def teacher_weights(opt: dict, count: int) -> list[float]:
             'teacher, not all zero'
         )
     return [w / sum(weights) for w in weights]
+
+
+def _check_taid(opt: dict) -> None:
+    """TAID's schedule: ``0 <= start <= end <= 1`` over a known number of steps."""
+    start = float(opt.get('taid_start') if opt.get('taid_start') is not None else 0.4)
+    end = float(opt.get('taid_end') if opt.get('taid_end') is not None else 1.0)
+    if not 0 <= start <= end <= 1:
+        raise DistillationError(
+            f'--taid-start {start} and --taid-end {end}: need 0 <= start <= end <= 1'
+        )
+    if taid_steps(opt) <= 0:
+        raise DistillationError(
+            '--pred-loss-type taid needs the length of its schedule: set '
+            '--taid-steps N (or --max-train-steps N)'
+        )

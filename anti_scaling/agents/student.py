@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import re
+from typing import TYPE_CHECKING, Any
 
+import parlai.utils.logging as logging
 import torch
 from torch import nn
 
 from ..errors import DistillationError
-from ..model_files import PROJECTION_PREFIX
+from ..model_files import PROJECTION_PREFIX, PROJECTIONS_ATTR, freeze
+from .plan_checks import check_plan
+
+if TYPE_CHECKING:
+    from .run_setup import RunSetup
+    from .teacher import Teacher
 
 
 def check_wide_student(
@@ -120,3 +128,55 @@ def build_projections(shapes: dict[str, tuple[int, int]]) -> nn.ModuleDict:
         nn.init.zeros_(layer.bias)
         projections[name] = layer
     return projections
+
+
+def check_dictionary(dictionary: Any, teacher: Teacher, dict_file: str | None) -> None:
+    """The student's dictionary (complete, fp16 padding included) is the teacher's.
+
+    With a teacher-output cache the teacher is not built; the cache's own
+    fingerprint (the dictionary's content and options) is checked instead.
+    """
+    if teacher.model is None or dictionary.tok2ind == teacher.dict.tok2ind:
+        return
+    raise DistillationError(
+        f'the student dictionary ({dict_file}, {len(dictionary)} tokens) differs '
+        f"from the teacher's ({teacher.opt.get('dict_file')}, {len(teacher.dict)} "
+        "tokens): drop --dict-file to use the teacher's dictionary"
+    )
+
+
+def prepare_student_model(
+    model: nn.Module,
+    setup: RunSetup,
+    opt: dict,
+    wide: bool,
+    dry_run: tuple[torch.Tensor, torch.Tensor],
+) -> None:
+    """Make a freshly built student ready to distil, before ParlAI loads anything.
+
+    Checks the plan on one dry forward pass (``dry_run``: context and label ids)
+    and completes ``setup.plan``; adds the projections; copies the teacher's
+    weights into a new wide student; freezes the encoder if asked.
+    """
+    teacher = setup.teacher
+    if setup.plan.module_terms:
+        setup.plan = check_plan(setup.plan, model, teacher.model, dry_run)
+    if setup.plan.projections:
+        setattr(model, PROJECTIONS_ATTR, build_projections(setup.plan.projections))
+    if wide and opt.get('copy_teacher_weights', True):
+        if any(
+            opt.get(k) and os.path.isfile(opt[k]) for k in ('init_model', 'model_file')
+        ):
+            logging.info('Resuming from a checkpoint: not copying teacher weights')
+        else:
+            copied = copy_teacher_weights(model, teacher.model, setup.init_layer_maps)
+            logging.info(
+                f'Initialised {len(copied)} student tensors from the teacher '
+                f'(layers {setup.init_layer_maps})'
+            )
+    if opt.get('freeze_encoder'):
+        count = freeze(model.encoder)
+        logging.info(
+            f'Froze the student encoder ({count} tensors, token embeddings '
+            'included: ParlAI ties them to the decoder and output layer)'
+        )

@@ -27,14 +27,13 @@ import parlai.utils.logging as logging
 from ..errors import DistillationError
 from ..fileio import atomic_write
 from . import fingerprint as fp
+from .keys import KEY_BYTES, expand_ranges
 from .store import (
     ARRAY_FILES,
     FORMAT_NAME,
     FORMAT_VERSION,
-    KEY_BYTES,
     META_FILE,
     TeacherOutputCache,
-    expand_ranges,
 )
 
 PROGRESS_FILE = 'progress.json'

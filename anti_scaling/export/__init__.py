@@ -1,1 +1,2 @@
-"""Students leaving training: stripped of their projections (:mod:`.strip`)."""
+"""Students leaving training: stripped of their projections (:mod:`.strip`) and
+published as zoo archives (:mod:`.publish`)."""

@@ -25,6 +25,7 @@ from ..fileio import atomic_copy, atomic_path, atomic_write
 from ..model_files import (
     OPTIMIZER_PARAM_NAMES,
     PROJECTION_PREFIX,
+    find_dictionary,
     load_checkpoint,
     plain_model_name,
     read_model_opt,
@@ -132,19 +133,7 @@ def remove_projection_matrices(
             'distillation options); nothing was changed'
         )
     target = output or model_file
-    dict_source = next(
-        (
-            p
-            for p in (model_file + '.dict', opt.get('dict_file'))
-            if p and os.path.isfile(p)
-        ),
-        None,
-    )
-    if dict_source is None:
-        raise DistillationError(
-            f'no dictionary found for {model_file} ({model_file}.dict is missing); '
-            'nothing was changed'
-        )
+    dict_source = find_dictionary(model_file, opt, 'nothing was changed')
     if backup and output is None:
         for path in (model_file + BACKUP_SUFFIX, model_file + '.opt' + BACKUP_SUFFIX):
             if os.path.exists(path):

@@ -40,7 +40,8 @@ from parlai.core.torch_agent import Batch
 from .. import losses
 from ..cache import fingerprint as fp
 from ..cache.build import CacheWriter, check_destination
-from ..cache.store import LOGPROB_DTYPES, batch_keys, bytes_per_label_token
+from ..cache.keys import batch_keys, bytes_per_label_token
+from ..cache.store import LOGPROB_DTYPES
 from ..errors import DistillationError, install_excepthook
 from ..precompute import (
     BatchTap,
@@ -168,7 +169,7 @@ class _Recorder:
 
         label_vec = label_vec.to(text_vec.device)
         scores = forced_scores(self.agent, batch, text_vec, label_vec)
-        log_p = losses._log_softmax(scores.float(), self.temperature)
+        log_p = losses.tempered_log_probs(scores.float(), self.temperature)
         top = log_p.topk(self.top_k, dim=-1, sorted=True)
         rest = log_p.scatter(-1, top.indices, float('-inf')).logsumexp(dim=-1).exp()
         keys, mask = batch_keys(text_vec, label_vec, self.agent.NULL_IDX)

@@ -177,7 +177,7 @@ def _download(args: argparse.Namespace) -> int:
 
 
 def _publish(args: argparse.Namespace) -> int:
-    from .publish import publish_model
+    from ..export.publish import publish_model
 
     result = publish_model(
         args.model_file,

@@ -36,8 +36,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import DistillationError, describe_exception
-from ..fileio import atomic_write
+from ..errors import DistillationError
+from ..fileio import atomic_write, read_json
 
 FORMAT = 1
 ENV_MIRROR = 'ANTI_SCALING_ZOO_MIRROR'
@@ -296,15 +296,7 @@ def parse_manifest(
 
 def read_manifest(path: str, packaged: bool = False) -> dict[str, ZooModel]:
     """Read and check the manifest file ``path`` (see :func:`parse_manifest`)."""
-    try:
-        with open(path, encoding='utf-8') as fh:
-            data = json.load(fh)
-    except FileNotFoundError:
-        raise DistillationError(f'zoo manifest not found: {path}') from None
-    except (OSError, ValueError) as e:
-        raise DistillationError(
-            f'zoo manifest {path} is unreadable: {describe_exception(e)}'
-        ) from None
+    data = read_json(path, 'zoo manifest')
     directory = None if packaged else os.path.dirname(os.path.abspath(path))
     return parse_manifest(data, path, directory)
 

@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import DistillationError
-from ..option_keys import SHAPE_KEYS
+from ..loss_terms import COEFFICIENTS
+from ..option_keys import GENERAL_TO_SPECIFIC, SHAPE_KEYS
 
 # Option names a recipe may set: the agents' flag dests.
 LAYER_MAP_KEYS = (
@@ -38,19 +39,9 @@ LAYER_MAP_KEYS = (
     'encoder_init_layer_map',
     'decoder_init_layer_map',
 )
-LOSS_KEYS = (
-    'task_loss_coeff',
-    'encoder_loss_coeff',
-    'hidden_loss_coeff',
-    'pred_loss_coeff',
-    'embedding_loss_coeff',
-    'self_attn_loss_coeff',
-    'enc_dec_attn_loss_coeff',
-    'distill_temperature',
-)
+# The loss coefficients (from the one table of loss terms) and the temperature.
+LOSS_KEYS = tuple(COEFFICIENTS) + ('distill_temperature',)
 RECIPE_KEYS = SHAPE_KEYS + LAYER_MAP_KEYS + LOSS_KEYS
-# A general option set on the command line overrides these specific ones.
-_GENERAL_TO_SPECIFIC = {'n_layers': ('n_encoder_layers', 'n_decoder_layers')}
 
 AGENT_PREFIX = 'anti_scaling.distillation:'
 
@@ -70,10 +61,14 @@ class Recipe:
     agent: str
     teacher: str
     options: dict[str, Any]
-    student_shape: dict[str, int]
     teacher_shape: dict[str, int]
     sources: tuple[str, ...]
     notes: tuple[str, ...] = field(default=())
+
+    @property
+    def student_shape(self) -> dict[str, int]:
+        """The student's sizes: the recipe's, else the teacher's (wide students)."""
+        return {k: self.options.get(k, self.teacher_shape[k]) for k in SHAPE_KEYS}
 
     @property
     def wide(self) -> bool:
@@ -101,6 +96,22 @@ _BLENDER_3B_SHAPE = {
     'embedding_size': 2560,
     'ffn_size': 10240,
     'n_heads': 32,
+}
+# Both BlenderBot students: 2 encoder / 12 decoder layers, mapped to every other
+# teacher layer, and the former sample command's weights of the terms a wide
+# student has.
+_BLENDER_LAYERS = {
+    'n_encoder_layers': 2,
+    'n_decoder_layers': 12,
+    'encoder_layer_map': _every_other(2, 2),
+    'decoder_layer_map': _every_other(12, 24),
+}
+_BLENDER_WIDE_TERMS = {
+    'task_loss_coeff': 1.0,
+    'encoder_loss_coeff': 0.0,
+    'hidden_loss_coeff': 64.0,
+    'pred_loss_coeff': 64.0,
+    'distill_temperature': 1.0,
 }
 _FORMER_README = (
     'facebookresearch/ParlAI projects/anti_scaling/README.md, "Sample command": '
@@ -131,22 +142,8 @@ RECIPES: dict[str, Recipe] = {
         agent=AGENT_PREFIX + 'DistillTransformerAgent',
         teacher='zoo:blender/blender_3B/model',
         options={
-            'n_encoder_layers': 2,
-            'n_decoder_layers': 12,
-            'encoder_layer_map': _every_other(2, 2),
-            'decoder_layer_map': _every_other(12, 24),
-            'task_loss_coeff': 1.0,
-            'encoder_loss_coeff': 0.0,
-            'hidden_loss_coeff': 64.0,
-            'pred_loss_coeff': 64.0,
-            'distill_temperature': 1.0,
-        },
-        student_shape={
-            'n_encoder_layers': 2,
-            'n_decoder_layers': 12,
-            'embedding_size': 2560,
-            'ffn_size': 10240,
-            'n_heads': 32,
+            **_BLENDER_LAYERS,
+            **_BLENDER_WIDE_TERMS,
         },
         teacher_shape=dict(_BLENDER_3B_SHAPE),
         sources=(
@@ -173,28 +170,14 @@ RECIPES: dict[str, Recipe] = {
         agent=AGENT_PREFIX + 'DistillNarrowTransformerAgent',
         teacher='zoo:blender/blender_3B/model',
         options={
-            'n_encoder_layers': 2,
-            'n_decoder_layers': 12,
+            **_BLENDER_LAYERS,
             'embedding_size': 1280,
             'ffn_size': 5120,
             'n_heads': 32,
-            'encoder_layer_map': _every_other(2, 2),
-            'decoder_layer_map': _every_other(12, 24),
-            'task_loss_coeff': 1.0,
-            'encoder_loss_coeff': 0.0,
-            'hidden_loss_coeff': 64.0,
-            'pred_loss_coeff': 64.0,
+            **_BLENDER_WIDE_TERMS,
             'embedding_loss_coeff': 4.0,
             'self_attn_loss_coeff': 4.0,
             'enc_dec_attn_loss_coeff': 64.0,
-            'distill_temperature': 1.0,
-        },
-        student_shape={
-            'n_encoder_layers': 2,
-            'n_decoder_layers': 12,
-            'embedding_size': 1280,
-            'ffn_size': 5120,
-            'n_heads': 32,
         },
         teacher_shape=dict(_BLENDER_3B_SHAPE),
         sources=(
@@ -265,7 +248,6 @@ def _chitchat_wide(n_decoder: int, measured: str) -> Recipe:
             'decoder_layer_map': _every_other(n_decoder, 6),
             **_CHITCHAT_WIDE_TERMS,
         },
-        student_shape={**_CHITCHAT_TEACHER_SHAPE, 'n_decoder_layers': n_decoder},
         teacher_shape=dict(_CHITCHAT_TEACHER_SHAPE),
         sources=(_CHITCHAT_RESULTS,),
         notes=(_CHITCHAT_WEIGHTS,),
@@ -305,13 +287,6 @@ RECIPES.update(
                 'embedding_loss_coeff': 4.0,
                 'self_attn_loss_coeff': 0.1,
                 'enc_dec_attn_loss_coeff': 4.0,
-            },
-            student_shape={
-                'n_encoder_layers': 1,
-                'n_decoder_layers': 1,
-                'embedding_size': 128,
-                'ffn_size': 512,
-                'n_heads': 4,
             },
             teacher_shape=dict(_CHITCHAT_TEACHER_SHAPE),
             sources=(_CHITCHAT_RESULTS,),
@@ -364,7 +339,7 @@ def apply_recipe(
             f'recipe {name} is for a {kind} student: use --model {recipe.agent}'
         )
     blocked = set(user_set)
-    for general, specific in _GENERAL_TO_SPECIFIC.items():
+    for general, specific in GENERAL_TO_SPECIFIC.items():
         if general in user_set:
             blocked.update(specific)
     for stack in ('encoder', 'decoder'):

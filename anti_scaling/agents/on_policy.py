@@ -1,67 +1,31 @@
-"""Cheaper distillation steps: a shared encoder and on-policy samples.
+"""On-policy distillation (GKD, Agarwal et al. 2024): train on the student's samples.
 
-- Shared encoder (DistilBART / distil-whisper): when the student keeps the
-  teacher's encoder, the encoder runs once per step and both decoders consume
-  its states (``TorchGeneratorModel.forward(..., prev_enc=...)``).
-- On-policy distillation (GKD, Agarwal et al. 2024): some batches replace the
-  labels with replies sampled from the current student; the teacher scores
-  them and the student minimises the divergence on its own samples.
+Some training batches replace their labels with replies sampled from the
+current student; the teacher scores them and the student minimises the
+divergence on its own samples (no cross-entropy: the samples are not labels).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+import random
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..errors import DistillationError
 
+class OnPolicySchedule:
+    """Which training batches are on-policy: each with probability ``fraction``,
+    drawn from a generator seeded with ``seed`` (never in evaluation)."""
 
-@contextmanager
-def provide_encoder_states(model: nn.Module, encoder_states: Any) -> Iterator[None]:
-    """Within the block, ``model(...)`` reuses ``encoder_states`` instead of encoding.
+    def __init__(self, fraction: float, seed: int = 0):
+        self.fraction = float(fraction)
+        self._rng = random.Random(seed)
 
-    Implemented as a keyword pre-hook that sets ParlAI's ``prev_enc`` argument;
-    the hook is removed on exit.
-    """
-
-    def hook(_module, args, kwargs):  # noqa: ANN001
-        kwargs['prev_enc'] = encoder_states
-        return args, kwargs
-
-    handle = model.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
-def check_shared_encoder(
-    wide: bool,
-    teachers: int,
-    student_layers: int,
-    teacher_layers: int,
-    init_map: list[int],
-    copy_weights: bool,
-) -> None:
-    """The student may share the teacher's encoder only if it is an exact copy."""
-    problem = None
-    if not wide:
-        problem = 'the student must be wide (DistillTransformerAgent/DistillBartAgent)'
-    elif teachers != 1:
-        problem = 'it needs exactly one teacher'
-    elif student_layers != teacher_layers or init_map != list(range(teacher_layers)):
-        problem = (
-            f'the student must keep all {teacher_layers} teacher encoder layers '
-            f'(it has {student_layers}, initialised from {init_map})'
-        )
-    elif not copy_weights:
-        problem = 'the student must be initialised from the teacher (--copy-teacher-weights true)'
-    if problem:
-        raise DistillationError(f'--share-teacher-encoder: {problem}')
+    def now(self, training: bool) -> bool:
+        if not (training and self.fraction > 0):
+            return False
+        return self._rng.random() < self.fraction
 
 
 @torch.no_grad()
@@ -123,3 +87,40 @@ def replies_to_labels(replies: list[torch.Tensor], end: int, null: int) -> torch
     for i, row in enumerate(rows):
         labels[i, : len(row)] = torch.tensor(row, dtype=torch.long)
     return labels
+
+
+def on_policy_batch(
+    model: nn.Module,
+    batch: Any,
+    encoder_input: tuple,
+    initial: torch.Tensor,
+    opt: dict,
+    end_and_null: tuple[int, int],
+) -> Any:
+    """A copy of ``batch`` whose labels are replies sampled from ``model``.
+
+    Sampling follows ``--on-policy-max-length``, ``--on-policy-temperature`` and
+    ``--on-policy-topk`` (:func:`sample_replies`), in eval mode (no dropout); the
+    model is then back in training mode, its encoder in eval mode if frozen.
+    """
+    end, null = end_and_null
+    model.eval()
+    try:
+        samples = sample_replies(
+            model,
+            encoder_input,
+            initial,
+            int(opt.get('on_policy_max_length') or 32),
+            float(opt.get('on_policy_temperature') or 1.0),
+            int(opt.get('on_policy_topk') or 0),
+            end,
+        )
+    finally:
+        model.train()
+        if opt.get('freeze_encoder'):
+            model.encoder.eval()
+    labels = replies_to_labels(list(samples[:, initial.size(1) :]), end, null)
+    sampled = type(batch)(**dict(batch.items()))
+    sampled.label_vec = labels.to(batch.label_vec.device)
+    sampled.labels = None
+    return sampled

@@ -30,10 +30,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import __version__
+from ..agents.options import distillation_option_names
 from ..errors import DistillationError
-from ..fileio import atomic_path, sha256_of
+from ..fileio import atomic_path, read_json, sha256_of
+from ..model_files import (
+    PROJECTION_PREFIX,
+    find_dictionary,
+    load_checkpoint,
+    read_model_opt,
+)
 from ..option_keys import ARCHITECTURE_KEYS, MACHINE_ONLY_KEYS, MACHINE_PATH_KEYS
-from .manifest import (
+from ..zoo.manifest import (
     NAME_PATTERN,
     ZooFile,
     ZooModel,
@@ -41,7 +48,7 @@ from .manifest import (
     merge_into_manifest,
     write_manifest,
 )
-from .recipes import get_recipe
+from ..zoo.recipes import get_recipe
 
 
 @dataclass
@@ -54,9 +61,6 @@ class PublishResult:
 
 
 def _check_stripped(model_file: str, opt: dict, states: dict[str, Any]) -> None:
-    from ..agents.options import distillation_option_names
-    from ..model_files import PROJECTION_PREFIX
-
     strip = f'python -m anti_scaling.scripts.remove_projection_matrices {model_file}'
     if any(k.startswith(PROJECTION_PREFIX) for k in states['model']):
         raise DistillationError(
@@ -79,15 +83,7 @@ def _clean_opt(opt: dict) -> dict:
 
 
 def _read_report(path: str) -> dict[str, Any]:
-    try:
-        with open(path, encoding='utf-8') as fh:
-            report = json.load(fh)
-    except FileNotFoundError:
-        raise DistillationError(f'report not found: {path}') from None
-    except (OSError, ValueError) as e:
-        raise DistillationError(
-            f'report {path} is not readable JSON ({type(e).__name__})'
-        ) from None
+    report = read_json(path, 'report')
     if not isinstance(report, dict):
         raise DistillationError(f'report {path} must hold a JSON object')
     return report
@@ -138,8 +134,6 @@ def publish_model(
     """
     import torch
 
-    from ..model_files import load_checkpoint, read_model_opt
-
     if not NAME_PATTERN.match(name or ''):
         raise DistillationError(
             f'bad model name {name!r}: use letters, digits, "_" or "-" '
@@ -151,18 +145,7 @@ def publish_model(
         raise DistillationError(f'--kind {kind!r}: use student or teacher')
     report_data = _read_report(report) if report else None
     opt = read_model_opt(model_file, role='student')
-    dict_file = next(
-        (
-            p
-            for p in (model_file + '.dict', opt.get('dict_file'))
-            if p and os.path.isfile(p)
-        ),
-        None,
-    )
-    if dict_file is None:
-        raise DistillationError(
-            f'{model_file}.dict is missing: a published model needs its dictionary'
-        )
+    dict_file = find_dictionary(model_file, opt, 'a published model needs it')
     states = load_checkpoint(model_file)
     _check_stripped(model_file, opt, states)
     agent = str(opt['model'])  # a stripped model names its plain ParlAI agent

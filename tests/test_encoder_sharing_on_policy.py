@@ -6,7 +6,7 @@ import pytest
 import torch
 from helpers import make_agent, reverse_examples, run_batch, train, train_reports
 
-from anti_scaling.agents.shortcuts import replies_to_labels
+from anti_scaling.agents.on_policy import replies_to_labels
 from anti_scaling.errors import DistillationError
 
 WIDE = 'anti_scaling.distillation:DistillTransformerAgent'
@@ -59,7 +59,7 @@ def test_shared_encoder_gives_the_teacher_its_own_outputs(
 ):
     agent = _shared_agent(teacher_file, datapath, tmp_path)
     # the encoder terms vanish: the student's encoder is the teacher's
-    assert [t.metric for t in agent.distill_plan.terms] == ['dec_hid_loss']
+    assert [t.metric for t in agent.distill_plan.terms] == ['dec_hid_loss', 'pred_loss']
     frozen = {id(p) for p in agent.model.encoder.parameters()}
     optimised = {id(p) for g in agent.optimizer.param_groups for p in g['params']}
     assert frozen and not frozen & optimised
@@ -67,8 +67,15 @@ def test_shared_encoder_gives_the_teacher_its_own_outputs(
     agent.model.train()
     agent.model.encoder.eval()
     states = agent._shared_encoder_states(batch)
-    _, (shared_logits, shared_tokens) = agent._run_teachers(
-        batch, agent.distill_plan, True, 1.0, states
+    plan = agent.distill_plan
+    _, (shared_logits, shared_tokens) = agent.distillation.teachers.targets(
+        agent._model_input(batch),
+        agent._encoder_input(batch),
+        batch.label_vec,
+        plan,
+        plan.terms,
+        1.0,
+        states,
     )
     with torch.no_grad():
         own_logits, own_tokens, _ = agent.teacher.model(
@@ -125,7 +132,7 @@ def test_replies_to_labels():
 
 def test_sample_replies_follows_the_model(teacher_file, datapath, tmp_path):
     """At a tiny temperature, sampling is the model's own greedy decoding."""
-    from anti_scaling.agents.shortcuts import sample_replies
+    from anti_scaling.agents.on_policy import sample_replies
 
     agent = make_agent(
         [
@@ -178,13 +185,13 @@ def test_on_policy_batches_train_on_student_samples(teacher_file, datapath, tmp_
         datapath,
     )
     seen = []
-    original = agent._run_teachers
+    original = agent._teacher_targets
 
     def spy(batch, *args, **kwargs):
         seen.append(batch.label_vec.clone())
         return original(batch, *args, **kwargs)
 
-    agent._run_teachers = spy
+    agent._teacher_targets = spy
     messages = reverse_examples(4)
     metrics = run_batch(agent, messages)[0]['metrics']
     labels = seen[0]

@@ -1,9 +1,11 @@
 """Check a plan against the real models before training: module names and shapes.
 
 One dry forward pass of a two-example batch through teacher and student
-captures every tensor the plan names. Unknown modules, tensors that differ in
-shape without a projection, and head counts that an objective cannot compare
-are refused here, and ``projection: auto`` pairs get their projection (or none).
+captures every tensor the plan names. Unknown modules, modules that run more
+than once per forward pass, tensors that differ in shape without a projection,
+and head counts or widths that an objective cannot compare are refused here;
+``projection: auto`` pairs get their projection (or none); tensors that ParlAI
+modifies in place after returning them are marked to be captured as copies.
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ import torch
 from torch import nn
 
 from ..errors import DistillationError
-from .capture import CapturePoint, capture_states
-from .plan import RELATION_OBJECTIVES, SCORE_OBJECTIVES, DistillPlan, StatePair
+from .capture import CapturedStates, CapturePoint, capture_once
+from .objectives import objective
+from .plan import DistillPlan, StatePair
 
 
 def check_modules(model: nn.Module, points: list[CapturePoint], who: str) -> None:
     """Every named module exists; otherwise name the closest real ones."""
-    names = [name for name, _ in model.named_modules() if name]
+    names = [name for name, _ in model.named_modules(remove_duplicate=False) if name]
     known = set(names)
     for point in points:
         if point.module not in known:
@@ -39,22 +42,42 @@ def dry_run_batch(null: int, start: int, end: int, other: int) -> tuple:
     return text, label
 
 
-@torch.no_grad()
-def capture_once(
-    model: nn.Module,
-    points: list[CapturePoint],
-    text: torch.Tensor,
-    label: torch.Tensor,
-) -> dict[CapturePoint, torch.Tensor]:
-    """Run ``model`` once in eval mode and return the captured tensors."""
-    was_training = model.training
-    model.eval()
-    try:
-        with capture_states(model, points) as states:
-            model(text, ys=label)
-        return dict(states)
-    finally:
-        model.train(was_training)
+def _check_single_calls(states: CapturedStates, who: str) -> None:
+    for point, calls in states.calls.items():
+        if calls > 1:
+            raise DistillationError(
+                f'the {who} module {point.module!r} runs {calls} times per forward '
+                'pass (it is shared), so which call to compare is ambiguous: name it '
+                'through the module that calls it (e.g. encoder.embeddings or '
+                'decoder.embeddings)'
+            )
+
+
+def check_plan(
+    plan: DistillPlan,
+    student: nn.Module,
+    teacher: nn.Module,
+    batch: tuple[torch.Tensor, torch.Tensor],
+) -> DistillPlan:
+    """The plan, checked on one dry forward pass of both models and completed.
+
+    Raises :class:`DistillationError` for anything the models cannot compute.
+    """
+    if not plan.module_terms:
+        return plan
+    check_modules(student, plan.student_points, 'student')
+    check_modules(teacher, plan.teacher_points, 'teacher')
+    text, label = batch
+    student_states = capture_once(student, plan.student_points, text, label)
+    teacher_states = capture_once(teacher, plan.teacher_points, text, label)
+    _check_single_calls(student_states, 'student')
+    _check_single_calls(teacher_states, 'teacher')
+    plan = resolve_plan(plan, student_states, teacher_states)
+    plan.cloned = {
+        'student': frozenset(student_states.modified),
+        'teacher': frozenset(teacher_states.modified),
+    }
+    return plan
 
 
 def _projection_mode(pair: StatePair) -> tuple[str | None, str | None]:
@@ -70,18 +93,20 @@ def resolve_plan(
     student: dict[CapturePoint, torch.Tensor],
     teacher: dict[CapturePoint, torch.Tensor],
 ) -> DistillPlan:
-    """Validate every pair on captured tensors and settle config projections."""
+    """Validate every module pair on captured tensors and settle config projections."""
     projections = dict(plan.projections)
     terms = []
     for term in plan.terms:
         pairs = []
         for pair in term.pairs:
-            s, t = student[pair.student], teacher[pair.teacher]
-            where = (
-                f'{term.metric}: student {pair.student.module} {tuple(s.shape)} vs '
-                f'teacher {pair.teacher.module} {tuple(t.shape)}'
-            )
-            pair = _resolve_pair(pair, s, t, where, projections)
+            if pair.student.is_module:
+                s, t = student[pair.student], teacher[pair.teacher]
+                where = (
+                    f'{term.metric}: student {pair.student.module} '
+                    f'{tuple(getattr(s, "shape", ()))} vs teacher '
+                    f'{pair.teacher.module} {tuple(getattr(t, "shape", ()))}'
+                )
+                pair = _resolve_pair(pair, s, t, where, projections)
             pairs.append(pair)
         terms.append(dataclasses.replace(term, pairs=tuple(pairs)))
     return dataclasses.replace(plan, terms=tuple(terms), projections=projections)
@@ -98,12 +123,13 @@ def _resolve_pair(
         raise DistillationError(
             f'{where}: the captured value is not a tensor (set index)'
         )
-    if s.shape[:-1] != t.shape[:-1] and pair.objective not in RELATION_OBJECTIVES:
+    compares = objective(pair.objective).compares
+    if s.shape[:-1] != t.shape[:-1] and compares != 'relations':
         raise DistillationError(
             f'{where}: the tensors cover different positions or heads; for attention '
             'with different head counts use loss relation_kl (MiniLMv2)'
         )
-    if pair.objective in SCORE_OBJECTIVES:
+    if compares == 'scores':
         if s.shape != t.shape:
             raise DistillationError(
                 f'{where}: attention scores must have the same shape (equal head '
@@ -111,6 +137,18 @@ def _resolve_pair(
             )
         return pair
     d_s, d_t = s.size(-1), t.size(-1)
+    if compares == 'relations':
+        # Relations compare T x T matrices: the widths never need to match, and a
+        # projection would only add parameters that learn nothing useful.
+        pair = dataclasses.replace(pair, projection=None, project_teacher=False)
+        heads = pair.param('relation_heads') or pair.param('heads')
+        for width, who in ((d_s, 'student'), (d_t, 'teacher')):
+            if not heads or width % heads:
+                raise DistillationError(
+                    f'{where}: the {who} width {width} is not divisible by '
+                    f'{heads} (relation) heads'
+                )
+        return pair
     name, mode = _projection_mode(pair)
     if name is not None:
         if mode == 'none' or (mode == 'auto' and d_s == d_t):
@@ -128,15 +166,6 @@ def _resolve_pair(
             raise DistillationError(
                 f'{where}: projection {pair.projection} is {expected}'
             )
-    if pair.objective in RELATION_OBJECTIVES:
-        heads = pair.relation_heads if pair.objective == 'relation_kl' else pair.heads
-        for width, who in ((d_s, 'student'), (d_t, 'teacher')):
-            if not heads or width % heads:
-                raise DistillationError(
-                    f'{where}: the {who} width {width} is not divisible by '
-                    f'{heads} (relation) heads'
-                )
-        return pair
     out_s = d_t if pair.projection and not pair.project_teacher else d_s
     out_t = d_s if pair.projection and pair.project_teacher else d_t
     if out_s != out_t:

@@ -1,10 +1,10 @@
 """The chitchat distillation experiment: a teacher, seven students, one report.
 
-    python -m anti_scaling.scripts.chitchat_experiment teacher  --out runs/chitchat
-    python -m anti_scaling.scripts.chitchat_experiment students --out runs/chitchat
-    python -m anti_scaling.scripts.chitchat_experiment report   --out runs/chitchat \\
+    python -m experiments.chitchat_experiment teacher  --out runs/chitchat
+    python -m experiments.chitchat_experiment students --out runs/chitchat
+    python -m experiments.chitchat_experiment report   --out runs/chitchat \\
         --docs docs
-    python -m anti_scaling.scripts.chitchat_experiment all      --out runs/chitchat \\
+    python -m experiments.chitchat_experiment all      --out runs/chitchat \\
         --docs docs
 
 (``make chitchat-teacher`` and ``make chitchat-experiment``.) Every step runs
@@ -50,8 +50,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ..errors import DistillationError, install_excepthook
-from ..fileio import atomic_write
+from anti_scaling.errors import DistillationError, install_excepthook
+from anti_scaling.fileio import atomic_write
 
 TASK = 'anti_scaling.tasks.chitchat'
 #: The dictionary: built offline from the training split, lower-cased, 8k words
@@ -577,7 +577,7 @@ def run_report(runner: Runner, args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     install_excepthook()
     parser = argparse.ArgumentParser(
-        prog='python -m anti_scaling.scripts.chitchat_experiment',
+        prog='python -m experiments.chitchat_experiment',
         description='Train a chitchat teacher, distil it into students, report.',
     )
     parser.add_argument('step', choices=('teacher', 'students', 'report', 'all'))

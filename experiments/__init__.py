@@ -1,0 +1,1 @@
+"""Experiment drivers: long runs that produce the results in docs/ (not installed)."""
