@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from parlai.core.metrics import AverageMetric
 from parlai.core.opt import Opt
 from parlai.core.params import ParlaiParser
+from parlai.utils.distributed import is_distributed
 
 from .. import losses
 from ..compat import compatible_lr_schedulers
@@ -32,6 +33,14 @@ from ..model_files import (
     PROJECTION_PREFIX,
     PROJECTIONS_ATTR,
     freeze,
+)
+from ..parallel.checks import check_parallel_options
+from ..parallel.ddp import anchor_unused_modules, release_gradients, unwrap_model
+from ..parallel.teacher_placement import (
+    building_local_model,
+    check_teacher_device,
+    student_device,
+    teacher_overrides,
 )
 from ..zoo.recipes import apply_recipe, get_recipe, recipe_teacher_mismatches
 from .capture import capture_states
@@ -179,11 +188,18 @@ class DistillationMixin:
             )
         atomic_write(dict_path, lambda fh: fh.write(content), mode='wb')
 
+    @property
+    def _student_model(self) -> torch.nn.Module:
+        """The student itself, also when ParlAI wrapped it in DistributedDataParallel."""
+        return unwrap_model(self.model)
+
     def state_dict(self) -> dict[str, Any]:
         states = super().state_dict()
         if hasattr(self, 'optimizer') and 'model' in states:
             states[OPTIMIZER_PARAM_NAMES] = [
-                name for name, p in self.model.named_parameters() if p.requires_grad
+                name
+                for name, p in self._student_model.named_parameters()
+                if p.requires_grad
             ]
         return states
 
@@ -194,7 +210,7 @@ class DistillationMixin:
         predictions only) changes the set of projections; those missing from the
         checkpoint keep their fresh initialisation.
         """
-        current = self.model.state_dict()
+        current = self._student_model.state_dict()
         state_dict = {
             k: v
             for k, v in state_dict.items()
@@ -216,8 +232,9 @@ class DistillationMixin:
         gradients. Metrics: see the loss table of DESIGN.md and docs/methods.md.
         """
         plan = self.distill_plan
+        self._unused_parameters = []
         if self.opt.get('freeze_encoder'):
-            self.model.encoder.eval()  # a frozen encoder runs without dropout
+            self._student_model.encoder.eval()  # a frozen encoder runs without dropout
         if not plan.uses_teacher:
             return super().compute_loss(batch, return_output)
         step = int(self._number_training_updates)
@@ -247,7 +264,7 @@ class DistillationMixin:
                 batch, active, use_pred, temperature, encoder_states
             )
         points = active.student_points
-        with capture_states(self.model, points) as student_states:
+        with capture_states(self._student_model, points) as student_states:
             if encoder_states is not None:
                 with provide_encoder_states(self.model, encoder_states):
                     task_loss, model_output = self._student_forward(batch, on_policy)
@@ -262,7 +279,7 @@ class DistillationMixin:
             teacher_states,
             context_mask,
             label_mask,
-            getattr(self.model, PROJECTIONS_ATTR, None),
+            getattr(self._student_model, PROJECTIONS_ATTR, None),
         )
         if cached is not None:
             found = label_mask & cached.found[:, None]
@@ -314,9 +331,23 @@ class DistillationMixin:
             self.record_local_metric(
                 'distill_temp', AverageMetric.many([temperature] * batch_size)
             )
+        if self.model.training:
+            # under DDP every trainable parameter needs a gradient each step
+            total, self._unused_parameters = anchor_unused_modules(
+                self.model,
+                total,
+                getattr(self._student_model, PROJECTIONS_ATTR, None),
+                {p.projection for t in terms for p in t.pairs if p.projection},
+            )
         if return_output:
             return total, model_output
         return total
+
+    def backward(self, loss, **kwargs):  # noqa: ANN001
+        """ParlAI's backward; parameters this step did not use keep no gradient."""
+        super().backward(loss, **kwargs)
+        release_gradients(getattr(self, '_unused_parameters', []))
+        self._unused_parameters = []
 
     def _student_forward(self, batch, on_policy: bool):  # noqa: ANN001
         """ParlAI's own loss computation; on own samples, its metrics stay silent."""
@@ -348,7 +379,7 @@ class DistillationMixin:
         self.model.eval()
         try:
             samples = sample_replies(
-                self.model,
+                self._student_model,
                 self._encoder_input(batch),
                 initial,
                 int(self.opt.get('on_policy_max_length') or 32),
@@ -359,7 +390,7 @@ class DistillationMixin:
         finally:
             self.model.train()
             if self.opt.get('freeze_encoder'):
-                self.model.encoder.eval()
+                self._student_model.encoder.eval()
         labels = replies_to_labels(
             list(samples[:, initial.size(1) :]), self.END_IDX, self.NULL_IDX
         )
@@ -373,10 +404,11 @@ class DistillationMixin:
         if not self.opt.get('share_teacher_encoder'):
             return None
         xs = self._encoder_input(batch)
+        encoder = self._student_model.encoder
         if self.opt.get('freeze_encoder'):
             with torch.no_grad():
-                return self.model.encoder(*xs)
-        return self.model.encoder(*xs)
+                return encoder(*xs)
+        return encoder(*xs)
 
     def _record_token_mean(self, name: str, value: losses.TokenMean) -> None:
         self.record_local_metric(
@@ -480,17 +512,22 @@ class DistillationMixin:
 
     def _load_teachers(self, opt: Opt) -> None:
         paths = teacher_paths(opt['teacher_model'])
-        self.teachers: list[Teacher] = [
-            load_teacher(
-                path,
-                datapath=opt.get('datapath'),
-                expected=self.teacher_family,
-                excluded=self.teacher_excluded,
-                overrides={'no_cuda': bool(opt.get('no_cuda', False))},
-                weights=self._teacher_weights_needed(opt),
-            )
-            for path in paths
-        ]
+        # each rank builds its own frozen teachers, alone, on the student's device
+        with building_local_model():
+            self.teachers: list[Teacher] = [
+                load_teacher(
+                    path,
+                    datapath=opt.get('datapath'),
+                    expected=self.teacher_family,
+                    excluded=self.teacher_excluded,
+                    overrides=teacher_overrides(opt),
+                    weights=self._teacher_weights_needed(opt),
+                )
+                for path in paths
+            ]
+        for teacher in self.teachers:
+            if teacher.model is not None:
+                check_teacher_device(teacher.model, student_device(opt), teacher.path)
         self.teacher_mix = teacher_weights(opt, len(paths))
         index = int(opt.get('intermediate_teacher') or 0)
         if not 0 <= index < len(paths):
@@ -565,6 +602,7 @@ class DistillationMixin:
         Runs before ParlAI builds anything, so every bad input fails here with a
         one-line :class:`DistillationError` and nothing is written.
         """
+        check_parallel_options(opt, distributed=is_distributed())
         user_set = set(opt.get('override', {}))
         restored = restore_checkpoint_options(opt, user_set)
         if restored:

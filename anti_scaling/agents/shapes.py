@@ -46,12 +46,13 @@ def capture_once(
     text: torch.Tensor,
     label: torch.Tensor,
 ) -> dict[CapturePoint, torch.Tensor]:
-    """Run ``model`` once in eval mode and return the captured tensors."""
+    """Run ``model`` once in eval mode (inputs moved to its device); the captured tensors."""
+    device = next(model.parameters()).device  # a GPU teacher beside a CPU student
     was_training = model.training
     model.eval()
     try:
         with capture_states(model, points) as states:
-            model(text, ys=label)
+            model(text.to(device), ys=label.to(device))
         return dict(states)
     finally:
         model.train(was_training)
