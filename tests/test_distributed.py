@@ -16,6 +16,7 @@ import torch
 from distributed_workers import training_steps
 from helpers import TRAIN_DEFAULTS, run_batch, train
 
+from anti_scaling.model_files import OPTIMIZER_PARAM_NAMES, PROJECTION_PREFIX
 from anti_scaling.parallel.launch import run_on_ranks
 
 NARROW = 'anti_scaling.distillation:DistillNarrowTransformerAgent'
@@ -272,6 +273,14 @@ def _assert_same_run(one: str, other: str, steps: int) -> None:
     assert reports['other']['exs'] == 16
     assert reports['other']['total_train_updates'] == steps
     _assert_same_weights(_weights(one), _weights(other))
+    # the optimised parameters are named as in the student (no DDP 'module.'),
+    # so stripping finds the projections' optimizer state
+    names = [
+        torch.load(f, weights_only=False)[OPTIMIZER_PARAM_NAMES] for f in (one, other)
+    ]
+    assert names[0] == names[1] and any(
+        n.startswith(PROJECTION_PREFIX) for n in names[1]
+    )
     # rank 0 wrote ParlAI's files, the same set as one process
     assert sorted(os.listdir(os.path.dirname(other))) == sorted(
         os.listdir(os.path.dirname(one))

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import sys
+import types
 
 import pytest
 import torch
@@ -242,7 +244,13 @@ def test_teacher_built_alone_is_never_wrapped_or_synced(
         assert not parlai_dist.is_distributed() and not fsdp.is_distributed()
         assert not tga.is_distributed()
         teacher = build()
+        # a parlai module first imported here runs `from parlai.utils.distributed
+        # import is_distributed` and copies the stand-in: restored on exit too
+        late = types.ModuleType('parlai_imported_late')
+        late.is_distributed = parlai_dist.is_distributed
+        monkeypatch.setitem(sys.modules, late.__name__, late)
     assert not isinstance(teacher, DistributedDataParallel) and not collectives
+    assert late.is_distributed is parlai_dist.is_distributed and late.is_distributed()
     assert parlai_dist.is_distributed() and tga.is_distributed()  # restored
 
 

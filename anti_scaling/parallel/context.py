@@ -14,10 +14,8 @@ replaced for the block (:func:`~anti_scaling.parallel.collectives.gloo_compatibl
 from __future__ import annotations
 
 import copy
-import datetime
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from typing import Any
 
 import parlai.utils.distributed as parlai_distributed
 import parlai.utils.logging as logging
@@ -37,7 +35,6 @@ def rank_context(
     gpu: int,
     init_method: str,
     world_size: int | None = None,
-    timeout_seconds: float | None = None,
 ) -> Iterator[Opt]:
     """Join the process group as ``rank``; yields this rank's options.
 
@@ -54,9 +51,6 @@ def rank_context(
     verbose = bool(opt.get('verbose'))
     prefix = f'rank:{rank:3d} |' if verbose or rank != 0 else None
     suppress = not verbose and rank != 0
-    options: dict[str, Any] = {}
-    if timeout_seconds:
-        options['timeout'] = datetime.timedelta(seconds=timeout_seconds)
     with ExitStack() as stack:
         stack.enter_context(parlai_distributed.override_print(suppress, prefix))
         if backend == 'gloo':
@@ -68,7 +62,6 @@ def rank_context(
             init_method=init_method,
             world_size=world_size,
             rank=rank,
-            **options,
         )
         try:
             logging.info(

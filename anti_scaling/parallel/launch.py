@@ -252,4 +252,7 @@ def run_on_ranks(
         while not context.join():
             pass
     except Exception as e:
-        raise _child_error(e, rank_offset=0) from None
+        error = _child_error(e, rank_offset=0)
+        if not isinstance(error, DistillationError):
+            logging.error(f'a spawned process failed:\n{getattr(e, "msg", e)}')
+        raise error from None

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -39,14 +39,20 @@ def building_local_model() -> Iterator[None]:
     from parlai.utils import distributed
 
     original = distributed.is_distributed
-    with ExitStack() as stack:
-        for name, module in list(sys.modules.items()):
-            if name.startswith('parlai') and (
-                getattr(module, 'is_distributed', None) is original
-            ):
-                stack.callback(setattr, module, 'is_distributed', original)
-                module.is_distributed = _not_distributed
+
+    def parlai_modules() -> list:
+        return [m for n, m in list(sys.modules.items()) if n.startswith('parlai')]
+
+    for module in parlai_modules():
+        if getattr(module, 'is_distributed', None) is original:
+            module.is_distributed = _not_distributed
+    try:
         yield
+    finally:
+        # also modules first imported inside the block, which copied the stand-in
+        for module in parlai_modules():
+            if getattr(module, 'is_distributed', None) is _not_distributed:
+                module.is_distributed = original
 
 
 def teacher_overrides(student_opt: dict[str, Any]) -> dict[str, Any]:
