@@ -201,12 +201,15 @@ def capture_once(
     text: torch.Tensor,
     label: torch.Tensor,
 ) -> CapturedStates:
-    """Run ``model`` once in eval mode; return what was captured (nothing checked)."""
+    """Run ``model`` once in eval mode; return what was captured (nothing checked).
+
+    The inputs go to the model's device (a GPU teacher beside a CPU student)."""
+    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     try:
         with capture_states(model, points, check=False) as states:
-            model(text, ys=label)
+            model(text.to(device), ys=label.to(device))
         return states
     finally:
         model.train(was_training)

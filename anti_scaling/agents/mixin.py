@@ -8,10 +8,8 @@ computed by :mod:`anti_scaling.agents.term_values`. The agents in
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-import parlai.utils.logging as logging
 import torch
 from parlai.core.metrics import AverageMetric
 from parlai.core.opt import Opt
@@ -19,13 +17,10 @@ from parlai.core.params import ParlaiParser
 
 from ..compat import compatible_lr_schedulers
 from ..errors import install_excepthook
-from ..model_files import (
-    OPTIMIZER_PARAM_NAMES,
-    PROJECTION_PREFIX,
-    PROJECTIONS_ATTR,
-    write_dictionary,
-)
+from ..model_files import PROJECTIONS_ATTR
+from ..parallel.ddp import anchor_unused_modules, release_gradients
 from .capture import LOGITS, capture_states
+from .checkpoints import StudentCheckpointMixin
 from .encoder_sharing import provide_encoder_states
 from .on_policy import OnPolicySchedule, on_policy_batch
 from .options import add_distillation_args
@@ -36,13 +31,11 @@ from .student import check_dictionary, prepare_student_model
 from .teacher import Teacher
 from .term_values import StepInputs, evaluate_plan, step_metrics
 
-#: Checkpoint key of TAID's interpolation schedule state.
-INTERPOLATION_STATE = 'distill_interpolation'
 
-
-class DistillationMixin:
+class DistillationMixin(StudentCheckpointMixin):
     """Distil one or several frozen teachers into this agent's (smaller) model.
 
+    Checkpoints: :class:`~anti_scaling.agents.checkpoints.StudentCheckpointMixin`.
     Subclasses set ``wide`` (layer removal, teacher-initialised, no projections)
     or not (narrow: any width, projections to the teacher's width), and the
     family of teachers they accept.
@@ -113,57 +106,6 @@ class DistillationMixin:
             )
         return result
 
-    def save(self, path: str | None = None) -> None:
-        """Save as ParlAI does, and make sure ``MODEL.dict`` is this student's.
-
-        ParlAI keeps an existing ``MODEL.dict``; one left by an earlier run (e.g.
-        built from the task data) would silently give the student the wrong
-        vocabulary, so it is rewritten whenever it differs.
-        """
-        super().save(path)
-        path = self.opt.get('model_file') if path is None else path
-        if path and hasattr(self, 'dict'):
-            existed = os.path.isfile(path + '.dict')
-            if write_dictionary(self.dict, path + '.dict') and existed:
-                logging.warning(
-                    f"Replaced {path}.dict: it was not the student's dictionary"
-                )
-
-    def state_dict(self) -> dict[str, Any]:
-        states = super().state_dict()
-        if hasattr(self, 'optimizer') and 'model' in states:
-            states[OPTIMIZER_PARAM_NAMES] = [
-                name for name, p in self.model.named_parameters() if p.requires_grad
-            ]
-        if self.distill_plan.interpolation is not None:
-            states[INTERPOLATION_STATE] = self.distill_plan.interpolation.state_dict()
-        return states
-
-    def load(self, path: str) -> dict[str, Any]:
-        states = super().load(path)
-        schedule = self.distill_plan.interpolation
-        if schedule is not None and states and INTERPOLATION_STATE in states:
-            schedule.load_state_dict(states[INTERPOLATION_STATE])
-        return states
-
-    def load_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
-        """Load a checkpoint; projections the current run does not use are dropped.
-
-        Changing terms between runs (e.g. intermediate terms first, then
-        predictions only) changes the set of projections; those missing from the
-        checkpoint keep their fresh initialisation.
-        """
-        current = self.model.state_dict()
-        state_dict = {
-            k: v
-            for k, v in state_dict.items()
-            if not k.startswith(PROJECTION_PREFIX) or k in current
-        }
-        for key, value in current.items():
-            if key.startswith(PROJECTION_PREFIX) and key not in state_dict:
-                state_dict[key] = value
-        super().load_state_dict(state_dict)
-
     def compute_loss(self, batch, return_output: bool = False):  # noqa: ANN001
         """Task loss plus every active distillation term, weighted (``distill_loss``).
 
@@ -172,8 +114,9 @@ class DistillationMixin:
         are captured only inside this forward pass.
         """
         plan = self.distill_plan
+        self._unused_parameters = []
         if self.opt.get('freeze_encoder'):
-            self.model.encoder.eval()  # a frozen encoder runs without dropout
+            self._student_model.encoder.eval()  # a frozen encoder runs without dropout
         if not plan.uses_teacher:
             return super().compute_loss(batch, return_output)
         step = int(self._number_training_updates)
@@ -188,7 +131,7 @@ class DistillationMixin:
             batch.label_vec != self.NULL_IDX,
             plan.temperature_at(step),
             plan.interpolation_at(step),
-            getattr(self.model, PROJECTIONS_ATTR, None),
+            getattr(self._student_model, PROJECTIONS_ATTR, None),
         )
         encoder_states = self._shared_encoder_states(batch)
         teacher_states, teacher_output, cached = self._teacher_targets(
@@ -196,7 +139,9 @@ class DistillationMixin:
         )
         points = [p.student for t in terms for p in t.pairs if p.student.is_module]
         cloned = plan.cloned.get('student', ())
-        with capture_states(self.model, points, clone=cloned) as student_states:
+        with capture_states(
+            self._student_model, points, clone=cloned
+        ) as student_states:
             if encoder_states is not None:
                 with provide_encoder_states(self.model, encoder_states):
                     task_loss, model_output = self._student_forward(batch, on_policy)
@@ -227,9 +172,23 @@ class DistillationMixin:
         prediction = plan.prediction
         if plan.interpolation and self.model.training and prediction.metric in values:
             plan.interpolation.update(step, float(values[prediction.metric].mean()))
+        if self.model.training:
+            # under DDP every trainable parameter needs a gradient each step
+            total, self._unused_parameters = anchor_unused_modules(
+                self.model,
+                total,
+                inputs.projections,
+                {p.projection for t in terms for p in t.pairs if p.projection},
+            )
         if return_output:
             return total, model_output
         return total
+
+    def backward(self, loss, **kwargs):  # noqa: ANN001, ANN003
+        """ParlAI's backward; parameters this step did not use keep no gradient."""
+        super().backward(loss, **kwargs)
+        release_gradients(getattr(self, '_unused_parameters', []))
+        self._unused_parameters = []
 
     def _teacher_targets(
         self, batch, terms, inputs: StepInputs, encoder_states=None
@@ -274,7 +233,7 @@ class DistillationMixin:
             batch.text_vec.size(0), 1, batch.text_vec.device
         )
         return on_policy_batch(
-            self.model,
+            self._student_model,
             batch,
             self._encoder_input(batch),
             initial,
@@ -287,7 +246,8 @@ class DistillationMixin:
         if not self.opt.get('share_teacher_encoder'):
             return None
         xs = self._encoder_input(batch)
+        encoder = self._student_model.encoder
         if self.opt.get('freeze_encoder'):
             with torch.no_grad():
-                return self.model.encoder(*xs)
-        return self.model.encoder(*xs)
+                return encoder(*xs)
+        return encoder(*xs)

@@ -13,13 +13,21 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from typing import Any
 
 import parlai.utils.logging as logging
+from parlai.utils.distributed import is_distributed
 
 from ..cache import TeacherOutputCache, open_for_run
 from ..errors import DistillationError
 from ..loss_terms import ATTENTION_KINDS
+from ..parallel.backends import cuda_usable
+from ..parallel.checks import check_parallel_options
+from ..parallel.teacher_placement import (
+    building_local_model,
+    check_teacher_device,
+    student_device,
+    teacher_overrides,
+)
 from ..zoo.recipes import apply_recipe, get_recipe, recipe_teacher_mismatches
 from .config import read_config, terms_from_config
 from .encoder_sharing import check_shared_encoder
@@ -74,7 +82,8 @@ def _resuming(opt: dict) -> bool:
 
 
 def load_teachers(opt: dict, kind: StudentKind) -> TeacherEnsemble:
-    """The teachers of ``--teacher-model``, frozen, on the student's device.
+    """The teachers of ``--teacher-model``: frozen, each built alone (never synced
+    or wrapped for distributed training), on the student's device and precision.
 
     A teacher-output cache replaces the teachers' weights, except to initialise a
     new wide student from them.
@@ -83,17 +92,22 @@ def load_teachers(opt: dict, kind: StudentKind) -> TeacherEnsemble:
         kind.wide and bool(opt.get('copy_teacher_weights', True)) and not _resuming(opt)
     )
     paths = teacher_paths(opt['teacher_model'])
-    teachers = [
-        load_teacher(
-            path,
-            datapath=opt.get('datapath'),
-            expected=kind.teacher_family,
-            excluded=kind.teacher_excluded,
-            overrides=teacher_overrides(opt),
-            weights=weights_needed,
-        )
-        for path in paths
-    ]
+    with building_local_model():
+        teachers = [
+            load_teacher(
+                path,
+                datapath=opt.get('datapath'),
+                expected=kind.teacher_family,
+                excluded=kind.teacher_excluded,
+                overrides=teacher_overrides(opt),
+                weights=weights_needed,
+                half=bool(opt.get('fp16')) and cuda_usable(opt),
+            )
+            for path in paths
+        ]
+    for teacher in teachers:
+        if teacher.model is not None:
+            check_teacher_device(teacher.model, student_device(opt), teacher.path)
     index = int(opt.get('intermediate_teacher') or 0)
     if not 0 <= index < len(paths):
         raise DistillationError(
@@ -110,13 +124,22 @@ def load_teachers(opt: dict, kind: StudentKind) -> TeacherEnsemble:
     return ensemble
 
 
-def teacher_overrides(opt: dict) -> dict[str, Any]:
-    """Options a teacher takes from the student: its device and precision."""
-    overrides: dict[str, Any] = {'no_cuda': bool(opt.get('no_cuda', False))}
-    for key in ('fp16', 'fp16_impl'):
-        if key in opt:
-            overrides[key] = opt[key]
-    return overrides
+def check_fp16_dictionary(opt: dict, teacher: Teacher) -> None:
+    """``--fp16`` pads the student's dictionary to a multiple of 8 tokens (ParlAI
+    adds ``__FP16_PAD_i__`` tokens, also on a CPU); the teacher's must be padded
+    the same way, or their outputs cannot be compared token for token."""
+    from parlai.utils.torch import FP16_PAD_SIZE
+
+    student_pads = bool(opt.get('fp16') or opt.get('force_fp16_tokens'))
+    size = len(teacher.dict)
+    if student_pads and size % FP16_PAD_SIZE:
+        raise DistillationError(
+            f'--fp16 true pads the student dictionary to a multiple of '
+            f'{FP16_PAD_SIZE} tokens, but teacher {teacher.path} has {size} tokens '
+            'and no padding (it was trained without --fp16): train the student '
+            'without --fp16, or use a teacher trained with --fp16 true or '
+            '--force-fp16-tokens true'
+        )
 
 
 def check_cache_compatible(opt: dict, plan: DistillPlan, teachers: int) -> None:
@@ -202,6 +225,7 @@ def prepare_run(opt: dict, kind: StudentKind) -> RunSetup:
     recipe values and the resolved layer maps are written into it, so they are
     saved in the student's ``.opt``.
     """
+    check_parallel_options(opt, distributed=is_distributed())
     user_set = set(opt.get('override', {}))
     restored = restore_checkpoint_options(opt, user_set)
     if restored:
@@ -221,6 +245,7 @@ def prepare_run(opt: dict, kind: StudentKind) -> RunSetup:
     teacher = teachers.main
     _check_paths(opt, teachers)
     _complete_student_options(opt, teacher, user_set, kind.wide)
+    check_fp16_dictionary(opt, teacher)
 
     layers = {stack: stack_layers(opt, stack) for stack in STACKS}
     teacher_layers = {

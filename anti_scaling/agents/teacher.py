@@ -80,14 +80,17 @@ def load_teacher(
     excluded: tuple = (),
     overrides: dict[str, Any] | None = None,
     weights: bool = True,
+    half: bool = False,
 ) -> Teacher:
     """Load (or reuse) the teacher model of ``model_file``.
 
     The teacher is built with ``datatype=valid`` (no optimizer), put in eval mode
-    with every parameter frozen, and cached for the process: later calls with the
-    same file (same modification time) and overrides return the same object.
-    With ``weights=False`` only its options and dictionary are read (a run that
-    takes its targets from a teacher-output cache needs no teacher model).
+    with every parameter frozen, in half precision if ``half`` (a ``--fp16``
+    student's; ParlAI itself halves only teachers trained with ``--fp16``), and
+    cached for the process: later calls with the same file (same modification
+    time), overrides and precision return the same object. With
+    ``weights=False`` only its options and dictionary are read (a run that takes
+    its targets from a teacher-output cache needs no teacher model).
     """
     path = resolve_model_file(model_file, datapath)
     opt = read_model_opt(path)
@@ -102,6 +105,7 @@ def load_teacher(
         stat.st_mtime_ns,
         stat.st_size,
         tuple(sorted(overrides.items())),
+        half,
     )
     if key in _CACHE:
         return _CACHE[key]
@@ -113,6 +117,8 @@ def load_teacher(
     model = agent.model
     model.eval()
     freeze(model)
+    if half:
+        model.half()
     teacher = Teacher(path, model, agent.dict, agent.opt, agent_class)
     _CACHE[key] = teacher
     return teacher
