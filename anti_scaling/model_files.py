@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from parlai.core.opt import Opt
 
+from .dictionaries import check_tokenizer_installed
 from .errors import DistillationError, describe_exception
 
 ZOO_PREFIXES = ('zoo:', 'models:', 'izoo:')
@@ -43,7 +44,8 @@ def read_model_opt(model_file: str, role: str = 'teacher') -> Opt:
 
     ``role`` names the file in messages (``teacher``, ``student``, ``model``).
     Raises :class:`DistillationError` (one line) when the file or its ``.opt`` is
-    missing or unreadable.
+    missing or unreadable, or when the package its ``--dict-tokenizer`` needs
+    cannot be imported.
     """
     if not os.path.isfile(model_file):
         hint = (
@@ -71,6 +73,7 @@ def read_model_opt(model_file: str, role: str = 'teacher') -> Opt:
             f'{model_file} is not a ParlAI model: {optfile} does not name a model '
             "class ('model' key)"
         )
+    check_tokenizer_installed(opt, f'{role} {model_file}')
     return opt
 
 
