@@ -187,6 +187,14 @@ def test_recipes_distil_the_replica(replica, name):
     assert opt['n_decoder_layers'] == 4 and opt['decoder_layer_map'] == '1,3,5,7'
     width = STUDENTS[name][1].get('embedding_size', 32)
     assert opt['embedding_size'] == width
+    # The teacher's dictionary, --fp16 padding included (a multiple of 8 tokens).
+    rows = [
+        torch.load(path, map_location='cpu', weights_only=False)['model'][
+            'embeddings.weight'
+        ].shape[0]
+        for path in (replica['teacher'], replica[name])
+    ]
+    assert rows[0] == rows[1] and rows[1] % 8 == 0
     reports = train_reports(replica[name])
     terms = {'loss', 'pred_loss', 'enc_hid_loss', 'dec_hid_loss', 'distill_loss'}
     if not recipe.wide:
