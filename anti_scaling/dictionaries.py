@@ -73,8 +73,8 @@ def check_tokenizer_installed(opt: Mapping[str, Any], source: str) -> None:
     if package is not None:
         raise DistillationError(
             f'{source} uses --dict-tokenizer {tokenizer}, which needs the Python '
-            f'package {package}: pip install {package} (it is a dependency of '
-            'anti_scaling; reinstall it with pip install -c constraints.txt .)'
+            f'package {package}: pip install {package} (a dependency of '
+            'anti_scaling, so reinstalling anti_scaling also installs it)'
         )
 
 

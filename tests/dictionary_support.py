@@ -46,6 +46,8 @@ TASK_ARGS = [
     '--chitchat-max-turns',
     str(TASK_OPTIONS['chitchat_max_turns']),
 ]
+#: Tokens never split (``--special-tok-lst``), e.g. persona markers.
+SPECIAL_TOKENS = ('__p1__', '__p2__')
 #: The same conversations with up to 4 turns: multi-turn episodes.
 MULTI_TURN_ARGS = [*TASK_ARGS[:-1], '4']
 
@@ -96,6 +98,8 @@ def save_byte_level_dictionary(dict_file: str, vocab: str, merges: str) -> None:
 def dictionary_options(tokenizer: str, files: dict[str, str]) -> dict[str, Any]:
     """Training options of a teacher with this dictionary (``files``: see ``workspace``)."""
     options: dict[str, Any] = {'dict_tokenizer': tokenizer}
+    if tokenizer != 'bpe':  # ParlAI's subword-nmt reader has no special tokens
+        options['special_tok_lst'] = ','.join(SPECIAL_TOKENS)
     if tokenizer == 'bpe':
         options['dict_maxtokens'] = 300  # merges subword-nmt learns
     elif tokenizer == 'bytelevelbpe':

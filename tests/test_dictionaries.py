@@ -21,6 +21,7 @@ import sacrebleu
 import torch
 from dictionary_support import (
     MULTI_TURN_ARGS,
+    SPECIAL_TOKENS,
     TASK_ARGS,
     TASK_OPTIONS,
     TOKENIZERS,
@@ -172,6 +173,17 @@ def test_teacher_dictionary_gives_the_tokenizers_ids(teachers, workspace):
         assert len(pieces) > len(words)
     else:
         assert [d[i] for i in ids] == d.tokenize(text)
+    if tokenizer != 'bpe':  # special tokens stay whole, with their own ids
+        special = [d[t] for t in SPECIAL_TOKENS]
+        assert len(set(special)) == 2 and d.unk_token not in special
+        with_special = d.txt2vec(f'{SPECIAL_TOKENS[0]} {texts[0]}')
+        assert with_special[0] == special[0]
+        # GPT-2's reader adds no space in front: the space after it stays with
+        # the next word.
+        rest = (
+            f' {texts[0]}' if tokenizer in ('slow_bytelevel_bpe', 'gpt2') else texts[0]
+        )
+        assert with_special[1:] == d.txt2vec(rest)
 
 
 def test_a_missing_tokenizer_package_stops_everything_with_one_line(
