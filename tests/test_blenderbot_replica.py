@@ -24,6 +24,7 @@ from parlai.core.agents import create_agent_from_model_file
 from parlai.core.message import Message
 
 from anti_scaling.compat import compatible_lr_schedulers, tolerant_byte_level_decoding
+from anti_scaling.model_files import load_checkpoint
 from anti_scaling.scripts.distill_report import main as report_main
 from anti_scaling.scripts.remove_projection_matrices import main as strip_main
 from anti_scaling.zoo.recipes import RECIPES
@@ -162,7 +163,7 @@ def test_teacher_has_every_option_of_the_published_command(replica):
     assert os.path.isfile(replica['teacher'] + '.dict-vocab.json')
     # --fp16 true pads the dictionary to a multiple of 8 tokens even on a CPU
     # (where ParlAI computes in float32: it needs CUDA for half precision).
-    states = torch.load(replica['teacher'], map_location='cpu', weights_only=False)
+    states = load_checkpoint(replica['teacher'])
     rows = states['model']['embeddings.weight'].shape[0]
     assert rows % 8 == 0
     with open(replica['teacher'] + '.dict', encoding='utf-8') as fh:
@@ -189,9 +190,7 @@ def test_recipes_distil_the_replica(replica, name):
     assert opt['embedding_size'] == width
     # The teacher's dictionary, --fp16 padding included (a multiple of 8 tokens).
     rows = [
-        torch.load(path, map_location='cpu', weights_only=False)['model'][
-            'embeddings.weight'
-        ].shape[0]
+        load_checkpoint(path)['model']['embeddings.weight'].shape[0]
         for path in (replica['teacher'], replica[name])
     ]
     assert rows[0] == rows[1] and rows[1] % 8 == 0
@@ -229,7 +228,7 @@ def test_stripped_students_evaluate_and_generate_as_plain_generators(
     plain = stripped[name]
     opt = read_opt(plain)
     assert opt['model'] == 'transformer/generator' and 'teacher_model' not in opt
-    states = torch.load(plain, map_location='cpu', weights_only=False)
+    states = load_checkpoint(plain)
     assert not [k for k in states['model'] if k.startswith('distill_projections')]
     evaluation = {
         'model_file': plain,
