@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from parlai.core.opt import Opt
 
+from .dictionaries import check_tokenizer_installed, side_files
 from .errors import DistillationError, describe_exception
 from .fileio import atomic_write
 
@@ -45,7 +46,8 @@ def read_model_opt(model_file: str, role: str = 'teacher') -> Opt:
 
     ``role`` names the file in messages (``teacher``, ``student``, ``model``).
     Raises :class:`DistillationError` (one line) when the file or its ``.opt`` is
-    missing or unreadable.
+    missing or unreadable, or when the package its ``--dict-tokenizer`` needs
+    cannot be imported.
     """
     if not os.path.isfile(model_file):
         hint = (
@@ -73,6 +75,7 @@ def read_model_opt(model_file: str, role: str = 'teacher') -> Opt:
             f'{model_file} is not a ParlAI model: {optfile} does not name a model '
             "class ('model' key)"
         )
+    check_tokenizer_installed(opt, f'{role} {model_file}')
     return opt
 
 
@@ -187,18 +190,26 @@ def freeze(module: torch.nn.Module) -> int:
 
 
 def write_dictionary(dictionary: Any, path: str) -> bool:
-    """Make ``path`` hold ``dictionary`` (a ParlAI ``DictionaryAgent``), atomically.
+    """Make ``path`` hold ``dictionary`` (a ParlAI ``DictionaryAgent``), atomically,
+    with the files a BPE dictionary keeps beside it (codecs, vocabulary, merges).
 
-    Returns whether the file changed (an existing identical file is kept).
+    Returns whether anything changed (identical files are kept).
     """
+    changed = False
     with tempfile.TemporaryDirectory() as tmpdir:
         fresh = os.path.join(tmpdir, 'dict')
         dictionary.save(fresh, sort=False)
-        with open(fresh, 'rb') as fh:
-            content = fh.read()
-    if os.path.isfile(path):
-        with open(path, 'rb') as fh:
-            if fh.read() == content:
-                return False
-    atomic_write(path, lambda fh: fh.write(content), mode='wb')
-    return True
+        targets = {fresh: path}
+        targets.update(
+            {side: path + suffix for suffix, side in side_files(fresh).items()}
+        )
+        for source, target in targets.items():
+            with open(source, 'rb') as fh:
+                content = fh.read()
+            if os.path.isfile(target):
+                with open(target, 'rb') as fh:
+                    if fh.read() == content:
+                        continue
+            atomic_write(target, lambda fh, c=content: fh.write(c), mode='wb')
+            changed = True
+    return changed

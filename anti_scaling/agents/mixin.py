@@ -15,7 +15,7 @@ from parlai.core.metrics import AverageMetric
 from parlai.core.opt import Opt
 from parlai.core.params import ParlaiParser
 
-from ..compat import compatible_lr_schedulers
+from ..compat import compatible_lr_schedulers, tolerant_byte_level_decoding
 from ..errors import install_excepthook
 from ..model_files import PROJECTIONS_ATTR
 from ..parallel.ddp import anchor_unused_modules, release_gradients
@@ -189,6 +189,12 @@ class DistillationMixin(StudentCheckpointMixin):
         super().backward(loss, **kwargs)
         release_gradients(getattr(self, '_unused_parameters', []))
         self._unused_parameters = []
+
+    def eval_step(self, batch):  # noqa: ANN001
+        """ParlAI's evaluation step; a byte-level BPE reply that starts mid-word (an
+        early student's) decodes instead of failing ParlAI's assertion."""
+        with tolerant_byte_level_decoding():
+            return super().eval_step(batch)
 
     def _teacher_targets(
         self, batch, terms, inputs: StepInputs, encoder_states=None

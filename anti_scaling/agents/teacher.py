@@ -97,7 +97,7 @@ def load_teacher(
     agent_class = model_class_of(opt, path)
     check_teacher_kind(agent_class, expected, excluded, path)
     if not weights:
-        return _teacher_without_weights(path, opt, agent_class)
+        return _teacher_without_weights(path, opt, agent_class, datapath)
     overrides = dict(overrides or {})
     stat = os.stat(path)
     key = (
@@ -124,9 +124,13 @@ def load_teacher(
     return teacher
 
 
-def _teacher_without_weights(path: str, opt: Opt, agent_class: type) -> Teacher:
+def _teacher_without_weights(
+    path: str, opt: Opt, agent_class: type, datapath: str | None
+) -> Teacher:
     """A teacher's options and dictionary, without building its model."""
     dict_opt = Opt(opt)
+    # ParlAI never saves datapath; the gpt2 dictionary reads DATAPATH/gpt2.
+    dict_opt['datapath'] = datapath
     if os.path.isfile(path + '.dict'):
         dict_opt['dict_file'] = path + '.dict'
     try:

@@ -4,8 +4,9 @@ A cache is only valid for the exact token ids a student feeds its model and for
 the exact teacher that produced the targets. Its ``meta.json`` therefore records:
 
 - the teacher: SHA-256 and size of the model file, SHA-256 of its ``.opt``;
-- the dictionary: SHA-256 of the dictionary file (and of BPE vocab/merge files
-  when set) and every dictionary option that changes tokenisation;
+- the dictionary: SHA-256 of the dictionary file and of every file its
+  tokenizer reads (BPE codecs, vocabulary, merges), and every dictionary option
+  that changes tokenisation;
 - vectorisation: the effective text/label truncation and every history option;
 - the task and each of the task's own options, and the temperature ``T`` at
   which the teacher's distribution was stored.
@@ -20,9 +21,10 @@ import json
 import os
 from typing import Any
 
+from ..dictionaries import tokenizer_files
 from ..errors import DistillationError, describe_exception
 from ..fileio import sha256_of
-from ..option_keys import DICTIONARY_FILE_KEYS, HISTORY_KEYS, TOKENIZATION_KEYS
+from ..option_keys import HISTORY_KEYS, TOKENIZATION_KEYS
 
 # Option names that never describe the data, even if a task declares them.
 _NOT_TASK_OPTIONS = {'datatype', 'datapath', 'download_path', 'batchsize'}
@@ -52,13 +54,18 @@ def teacher_fingerprint(model_file: str) -> dict[str, Any]:
 
 
 def dictionary_fingerprint(dict_file: str | None, opt: dict) -> dict[str, Any]:
-    """The dictionary's content hash and its tokenisation options."""
+    """The content hashes of the dictionary and its tokenizer's files, and its options.
+
+    The tokenizer's files are those ParlAI reads for ``opt``'s
+    ``--dict-tokenizer`` (:func:`~anti_scaling.dictionaries.tokenizer_files`:
+    subword-nmt codecs, byte-level vocabulary and merges beside the dictionary
+    or in ``DATAPATH/gpt2``); missing ones are left out.
+    """
     if not dict_file or not os.path.isfile(dict_file):
         raise DistillationError(f'dictionary file not found: {dict_file}')
     files = {'dict_file': file_sha256(dict_file)}
-    for key in DICTIONARY_FILE_KEYS:
-        path = opt.get(key)
-        if path and os.path.isfile(path):
+    for key, path in tokenizer_files(opt, dict_file, opt.get('datapath')).items():
+        if os.path.isfile(path):
             files[key] = file_sha256(path)
     return {
         'sha256': files,

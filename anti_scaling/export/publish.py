@@ -3,8 +3,9 @@
     python -m anti_scaling.zoo publish MODEL_FILE --name NAME --output-dir DIR \\
         [--recipe R] [--teacher T] [--report REPORT.json] [--merge-into MANIFEST]
 
-writes ``DIR/NAME.tar.gz`` (``model``, ``model.opt``, ``model.dict`` and
-``model.dict.opt`` if present, at the archive's top level) and ``DIR/NAME.json``,
+writes ``DIR/NAME.tar.gz`` (``model``, ``model.opt``, ``model.dict`` and, if
+present, ``model.dict.opt`` and the files a BPE dictionary keeps beside it, at
+the archive's top level) and ``DIR/NAME.json``,
 a manifest holding the one entry: file name, SHA-256, size, the recipe and
 teacher, the report figures. ``DIR/NAME.json`` is itself a user manifest: with
 ``ANTI_SCALING_ZOO_MANIFEST=DIR/NAME.json`` the model downloads from ``DIR`` (or
@@ -31,6 +32,7 @@ from typing import Any
 
 from .. import __version__
 from ..agents.options import distillation_option_names
+from ..dictionaries import side_files
 from ..errors import DistillationError
 from ..fileio import atomic_path, read_json, sha256_of
 from ..model_files import (
@@ -39,7 +41,12 @@ from ..model_files import (
     load_checkpoint,
     read_model_opt,
 )
-from ..option_keys import ARCHITECTURE_KEYS, MACHINE_ONLY_KEYS, MACHINE_PATH_KEYS
+from ..option_keys import (
+    ARCHITECTURE_KEYS,
+    DICTIONARY_FILE_KEYS,
+    MACHINE_ONLY_KEYS,
+    MACHINE_PATH_KEYS,
+)
 from ..zoo.manifest import (
     NAME_PATTERN,
     ZooFile,
@@ -79,6 +86,10 @@ def _clean_opt(opt: dict) -> dict:
     new = {k: v for k, v in opt.items() if k not in MACHINE_ONLY_KEYS}
     for key in MACHINE_PATH_KEYS:
         new[key] = None
+    for key in DICTIONARY_FILE_KEYS:
+        # ParlAI reads the byte-level files beside the archive's model.dict.
+        if new.get(key):
+            new[key] = None
     return new
 
 
@@ -158,6 +169,8 @@ def publish_model(
         members = {'model.dict': dict_file}
         if os.path.isfile(dict_file + '.opt'):
             members['model.dict.opt'] = dict_file + '.opt'
+        for suffix, path in side_files(dict_file).items():
+            members['model.dict' + suffix] = path  # BPE codecs, vocabulary, merges
         if keep_training_state:
             members['model'] = model_file
         else:

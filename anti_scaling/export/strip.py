@@ -5,7 +5,9 @@ Removes the projection matrices and their optimizer state, and rewrites the
 the model class becomes the ParlAI base agent and every distillation option,
 including the teacher's path, is dropped. In place by default, keeping the
 originals as ``MODEL.orig`` and ``MODEL.opt.orig``; ``output`` writes a new
-model (with its ``.opt`` and ``.dict``) and leaves the original untouched. Every
+model (with its ``.opt``, ``.dict`` and the files a BPE dictionary keeps beside
+it: ``.dict.codecs``, ``.dict-vocab.json``, ``.dict-merges.txt``) and leaves the
+original untouched. ``--bpe-vocab``/``--bpe-merge`` then name those copies. Every
 file is written to a temporary file first and renamed, so a failure never
 leaves a half-written model.
 """
@@ -20,6 +22,7 @@ from typing import Any
 import torch
 
 from ..agents.options import distillation_option_names
+from ..dictionaries import side_files
 from ..errors import DistillationError
 from ..fileio import atomic_copy, atomic_path, atomic_write
 from ..model_files import (
@@ -32,6 +35,8 @@ from ..model_files import (
 )
 
 BACKUP_SUFFIX = '.orig'
+#: The option naming each byte-level BPE file ParlAI keeps beside a dictionary.
+BPE_FILE_OPTIONS = {'-vocab.json': 'bpe_vocab', '-merges.txt': 'bpe_merge'}
 
 
 def strip_optimizer_state(
@@ -142,6 +147,11 @@ def remove_projection_matrices(
                     'nothing was changed'
                 )
     new_opt = plain_opt(opt, model_file, target)
+    for suffix in side_files(dict_source):
+        # The byte-level vocabulary and merges now sit beside the new dictionary.
+        key = BPE_FILE_OPTIONS.get(suffix)
+        if key and new_opt.get(key):
+            new_opt[key] = target + '.dict' + suffix
 
     if backup and output is None:
         atomic_copy(model_file, model_file + BACKUP_SUFFIX)
@@ -150,6 +160,8 @@ def remove_projection_matrices(
         atomic_copy(dict_source, target + '.dict')
         if os.path.isfile(dict_source + '.opt'):
             atomic_copy(dict_source + '.opt', target + '.dict.opt')
+        for suffix, path in side_files(dict_source).items():
+            atomic_copy(path, target + '.dict' + suffix)
     if removed or output is not None:
         with atomic_path(target) as tmp:
             torch.save(stripped, tmp)

@@ -12,6 +12,7 @@ import parlai
 import torch
 from tqdm import tqdm
 
+from ..compat import tolerant_byte_level_decoding
 from ..errors import DistillationError
 from .evaluation import (
     agreement,
@@ -225,7 +226,8 @@ def build_report(s: ReportSettings) -> dict:
             teacher_forced(m.agent, examples, s.eval_batchsize, bar.update)
             for m in models
         ]
-    generations, options = _generate(s, models, examples)
+    with tolerant_byte_level_decoding():
+        generations, options = _generate(s, models, examples)
     greedy = generations['greedy']
     report = {
         'settings': _settings(s, models, len(examples), options),

@@ -24,8 +24,10 @@ Contexts (``--history-replies``):
   text is the gold history joined with ``--delimiter`` (ParlAI's jsonfile would
   otherwise put the *teacher's* replies into later turns' history). Each
   flattened context is checked to vectorise to the same ids as in the task; if
-  it cannot (e.g. ``--person-tokens true``, or several gold labels, of which
-  ParlAI's history takes a random one), the script stops and says so.
+  it cannot (e.g. ``--person-tokens true``; several gold labels, of which
+  ParlAI's history takes a random one; a ``bytelevelbpe`` or ``space``
+  dictionary, which splits the joined turns differently from the turns one by
+  one), the script stops and says so.
   Single-turn tasks keep their structure unchanged.
 - ``teacher``: episodes keep their structure, and later turns' history holds the
   teacher's own earlier replies (the teacher generates with ``--use-reply
@@ -60,6 +62,7 @@ from parlai.core.script import ParlaiScript
 from parlai.core.torch_agent import Batch, Output
 
 from ..cache import fingerprint as fp
+from ..compat import tolerant_byte_level_decoding
 from ..errors import DistillationError, install_excepthook
 from ..fileio import atomic_write
 from ..precompute import (
@@ -275,9 +278,11 @@ class _Generator:
                 'with --history-replies gold, multi-turn episodes are written as '
                 'one example per turn whose text is the gold history joined with '
                 '--delimiter, but here that text does not vectorise to the ids the '
-                'task gives (person tokens, several gold labels or a task-specific '
-                'history change the context): use --history-replies teacher, or '
-                'turn person tokens off'
+                'task gives (person tokens, several gold labels, a task-specific '
+                'history, or a dictionary that splits joined turns differently '
+                f"from single ones, as this teacher's --dict-tokenizer "
+                f"{self.agent.opt.get('dict_tokenizer')} may, change the context): "
+                'use --history-replies teacher, or turn person tokens off'
             )
 
     def finish(self) -> list[list[_Example]]:
@@ -365,7 +370,8 @@ class GeneratePseudoLabels(ParlaiScript):
             opt, use_reply='label' if mode == 'gold' else 'model'
         )
         generator = _Generator(agent, mode)
-        run_world(task_world(opt, agent, split), f'teacher replies ({split})')
+        with tolerant_byte_level_decoding():
+            run_world(task_world(opt, agent, split), f'teacher replies ({split})')
         episodes = generator.finish()
         examples = [e for episode in episodes for e in episode]
         keep = select_replies([e.score for e in examples], min_score, fraction)
