@@ -3,7 +3,7 @@
     python -m anti_scaling.scripts.generate_pseudo_labels --teacher-model T -t TASK \\
         --output FILE.jsonl [-dt train] [-bs 32] [-dp DP] \\
         [--inference beam --beam-size 4 | --inference nucleus --topp 0.9 | ...] \\
-        [--min-teacher-score S | --drop-worst-fraction F] \\
+        [--min-teacher-score S | --drop-worst-fraction F] [--min-reference-f1 F1] \\
         [--history-replies gold|teacher] [--overwrite true] [task and text options...]
 
 The teacher generates a reply for every example of the split (generation flags
@@ -41,6 +41,13 @@ method). ``--min-teacher-score S`` drops replies scoring below ``S``;
 later examples first kept). With ``--history-replies teacher`` an episode is
 cut at its first dropped reply (later contexts contain it). The counts are
 logged and returned.
+
+Quality filter (distil-whisper drops pseudo-labels far from the reference):
+``--min-reference-f1 F`` keeps only replies whose ParlAI F1 against the
+example's gold reply (the maximum over its gold labels; the distillation
+report's F1) is at least ``F``; replies to examples without a gold reply are
+dropped. It combines with the score filters: a reply is kept when every filter
+keeps it. Each reply's F1 is written beside its score (``reference_f1``).
 """
 
 from __future__ import annotations
@@ -110,6 +117,12 @@ def setup_args(parser: ParlaiParser | None = None) -> ParlaiParser:
         help='Drop this fraction of the replies, the lowest-scoring first.',
     )
     group.add_argument(
+        '--min-reference-f1',
+        type=float,
+        default=None,
+        help='Drop replies whose F1 against the gold reply is below this (0-1).',
+    )
+    group.add_argument(
         '--overwrite', type='bool', default=False, help='Replace an existing output.'
     )
     parser.set_defaults(batchsize=32, datatype='train')
@@ -153,6 +166,26 @@ def select_replies(
     return [i not in dropped for i in range(n)]
 
 
+def reference_f1(reply: str, gold: list[str]) -> float:
+    """ParlAI's F1 of ``reply`` against the gold replies (their maximum); NaN
+    without any. Tokens: ParlAI's ``normalize_answer`` (lower case, no
+    punctuation or articles), then ``F1 = 2 P R / (P + R)`` over common tokens."""
+    if not gold:
+        return math.nan
+    from parlai.core.metrics import F1Metric
+
+    return float(F1Metric.compute(reply, list(gold)).value())
+
+
+def select_by_f1(f1s: list[float], min_f1: float | None) -> list[bool]:
+    """Which replies the F1 filter keeps: ``f1 >= min_f1`` (NaN dropped)."""
+    if min_f1 is None:
+        return [True] * len(f1s)
+    if not 0 <= min_f1 <= 1:
+        raise DistillationError(f'--min-reference-f1 is {min_f1}: it must be in [0, 1]')
+    return [not math.isnan(f) and f >= min_f1 for f in f1s]
+
+
 def cut_episodes(
     episodes: list[list[Any]], keep: list[bool]
 ) -> tuple[list[list[Any]], int]:
@@ -181,6 +214,7 @@ class _Example:
     reply: str
     score: float
     gold: list[str]
+    f1: float = math.nan  # against the gold reply (reference_f1)
 
 
 @dataclass
@@ -248,7 +282,9 @@ class _Generator:
             slot.history.append(obs['text'])
             if gold:
                 slot.history.append(gold[0])
-        slot.examples.append(_Example(text, reply, score, gold))
+        slot.examples.append(
+            _Example(text, reply, score, gold, reference_f1(reply, gold))
+        )
         if obs.get('episode_done'):
             if self.mode == 'gold':
                 self.episodes.extend([e] for e in slot.examples)
@@ -303,6 +339,7 @@ def conversation_line(episode: list[_Example]) -> str:
                 'id': TEACHER_SPEAKER,
                 'text': e.reply,
                 'teacher_score': e.score,
+                'reference_f1': None if math.isnan(e.f1) else e.f1,
                 'gold_labels': e.gold,
             },
         ]
@@ -357,7 +394,9 @@ class GeneratePseudoLabels(ParlaiScript):
             )
         min_score = opt.get('min_teacher_score')
         fraction = float(opt.get('drop_worst_fraction') or 0.0)
+        min_f1 = opt.get('min_reference_f1')
         select_replies([], min_score, fraction)  # bad filter flags fail here
+        select_by_f1([], min_f1)
         mode = opt.get('history_replies') or 'gold'
         split = (opt.get('datatype') or 'train').split(':')[0]
         split_datatype(split)
@@ -368,8 +407,11 @@ class GeneratePseudoLabels(ParlaiScript):
         run_world(task_world(opt, agent, split), f'teacher replies ({split})')
         episodes = generator.finish()
         examples = [e for episode in episodes for e in episode]
-        keep = select_replies([e.score for e in examples], min_score, fraction)
-        by_score = keep.count(False)
+        by_score_keep = select_replies([e.score for e in examples], min_score, fraction)
+        f1s = [e.f1 for e in examples]
+        by_f1_keep = select_by_f1(f1s, min_f1)
+        keep = [a and b for a, b in zip(by_score_keep, by_f1_keep)]
+        by_score, by_f1 = by_score_keep.count(False), by_f1_keep.count(False)
         kept, removed = cut_episodes(episodes, keep)
         n_kept = sum(len(e) for e in kept)
         lines = [conversation_line(episode) for episode in kept]
@@ -382,13 +424,14 @@ class GeneratePseudoLabels(ParlaiScript):
             'kept': n_kept,
             'dropped': len(examples) - n_kept,
             'dropped_by_score': by_score,
+            'dropped_by_f1': by_f1,
+            'min_reference_f1': min_f1,
+            'mean_reference_f1': _mean([f for f in f1s if not math.isnan(f)]),
             'episodes': len(kept),
             'history_replies': mode,
             'min_teacher_score': min_score,
             'drop_worst_fraction': fraction,
-            'mean_teacher_score': (
-                sum(e.score for e in examples) / len(examples) if examples else None
-            ),
+            'mean_teacher_score': _mean([e.score for e in examples]),
         }
         teacher_path = agent.opt['model_file']
         metadata = {
@@ -408,13 +451,18 @@ class GeneratePseudoLabels(ParlaiScript):
         atomic_write(
             metadata_path(output), lambda fh: json.dump(metadata, fh, indent=1)
         )
+        filtered = keep.count(False)
         logging.info(
-            f'Wrote {output}: {n_kept} of {len(examples)} examples kept '
-            f'({by_score} dropped by the score filter, {removed - by_score} more by '
-            f'episode cuts), {len(kept)} episodes. Train with -t jsonfile '
-            f'--jsonfile-datapath {output}'
+            f'Wrote {output}: {n_kept} of {len(examples)} examples kept, '
+            f'{len(examples) - n_kept} dropped ({by_score} by the score filter, '
+            f'{by_f1} by the F1 filter, {removed - filtered} more by episode cuts), '
+            f'{len(kept)} episodes. Train with -t jsonfile --jsonfile-datapath {output}'
         )
         return summary
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
 
 
 def main(args: list[str] | None = None) -> dict[str, Any]:

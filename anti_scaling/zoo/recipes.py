@@ -1,5 +1,7 @@
 """Named distillation recipes: ``--recipe NAME`` sets a documented student shape,
 layer maps and loss coefficients; anything given on the command line wins.
+``--recipe FILE.json`` (or ``.yaml``) reads one from a file instead
+(:mod:`.recipe_files`; the search writes such files).
 
 Only recipes with a public source are registered. Each records where its facts
 come from (``sources``) and which values had to be chosen because no source
@@ -322,15 +324,22 @@ RECIPES.update(
 
 
 def get_recipe(name: str) -> Recipe:
-    """The registered recipe ``name``; :class:`DistillationError` names the known ones."""
-    try:
+    """The registered recipe ``name``, or the recipe file ``name`` (``.json``/``.yaml``).
+
+    Raises :class:`DistillationError` naming the known recipes for an unknown
+    name, or what is wrong with a recipe file (:mod:`.recipe_files`).
+    """
+    if isinstance(name, str) and name in RECIPES:
         return RECIPES[name]
-    except (KeyError, TypeError):
-        known = ', '.join(sorted(RECIPES)) or '(none)'
-        raise DistillationError(
-            f'unknown recipe {name!r}: known recipes are {known} '
-            '(see python -m anti_scaling.zoo list)'
-        ) from None
+    from .recipe_files import is_recipe_file, load_recipe_file
+
+    if is_recipe_file(name):
+        return load_recipe_file(name)
+    known = ', '.join(sorted(RECIPES)) or '(none)'
+    raise DistillationError(
+        f'unknown recipe {name!r}: known recipes are {known} '
+        '(see python -m anti_scaling.zoo list), or give a recipe file (.json, .yaml)'
+    )
 
 
 def recipe_options(name: str) -> dict[str, Any]:
