@@ -168,6 +168,9 @@ def test_every_trial_is_in_the_json(searched):
         # models are not kept unless asked: only the log is left
         folder = os.path.join(searched['out'], 'trials', f'{number:04d}')
         assert os.listdir(folder) == ['train.log']
+        with open(os.path.join(folder, 'train.log')) as fh:
+            log = fh.read()  # ParlAI's own log of the trial
+        assert 'training...' in log and 'max_train_steps elapsed:10' in log
 
 
 def test_front_markdown_plot_and_recipes(searched):

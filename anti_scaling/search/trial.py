@@ -78,7 +78,7 @@ def parlai_log_to(path: str, console: bool = False) -> Iterator[None]:
     handler = logging.FileHandler(path, encoding='utf-8')
     handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s | %(message)s'))
     level, stream_level = logger.level, logger.streamHandler.level
-    logger.setLevel(logging.INFO)
+    _set_level(logger, logging.INFO)
     if not console:
         logger.streamHandler.setLevel(logging.ERROR)
     logger.addHandler(handler)
@@ -87,8 +87,16 @@ def parlai_log_to(path: str, console: bool = False) -> Iterator[None]:
     finally:
         logger.removeHandler(handler)
         handler.close()
-        logger.setLevel(level)
+        _set_level(logger, level)
         logger.streamHandler.setLevel(stream_level)
+
+
+def _set_level(logger: logging.Logger, level: int) -> None:
+    logger.setLevel(level)
+    # ParlAI builds its logger outside logging's registry, so setLevel does not
+    # clear the logger's cache of enabled levels: an INFO call made while the
+    # level was ERROR would stay disabled.
+    getattr(logger, '_cache', {}).clear()
 
 
 def train_student(argv: list[str], on_validation: Callable[[int, dict], None]) -> Any:
