@@ -68,8 +68,9 @@ setup(
         "fairseq": ["ve-fairseq==0.12.3"],
         # Hugging Face export/import (anti_scaling.export.hf).
         "hf": ["transformers>=5,<6", "safetensors"],
-        # Student architecture search (anti_scaling.search).
-        "search": ["optuna>=4"],
+        # Student architecture search (anti_scaling.search): heartbeats with
+        # RetryHeartbeatStaleTrialCallback need optuna >= 4.9; tested with 5.0.
+        "search": ["optuna>=4.9,<6"],
     },
     entry_points={
         "console_scripts": [

@@ -1,4 +1,7 @@
-"""Files are replaced whole or not at all: write to a temporary file, then rename."""
+"""Files are replaced whole or not at all: write to a temporary file, then rename.
+
+Also: one reader for the JSON/YAML files users give, with one-line errors.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,8 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import IO, Any
+
+from .errors import DistillationError, describe_exception
 
 
 @contextmanager
@@ -75,3 +80,27 @@ def sha256_of(path: str) -> str:
         for block in iter(lambda: fh.read(1 << 20), b''):
             digest.update(block)
     return digest.hexdigest()
+
+
+def read_json_or_yaml(path: str, what: str) -> Any:
+    """The data of a ``.json``, ``.yaml`` or ``.yml`` file.
+
+    ``what`` names the file in messages (e.g. ``'recipe file'``). Raises
+    :class:`DistillationError` (one line) when the file is missing or does not
+    parse.
+    """
+    if not os.path.isfile(path):
+        raise DistillationError(f'{what} {path}: file not found')
+    is_yaml = path.endswith(('.yaml', '.yml'))
+    try:
+        with open(path, encoding='utf-8') as fh:
+            if is_yaml:
+                import yaml
+
+                return yaml.safe_load(fh)
+            return json.load(fh)
+    except Exception as e:
+        kind = 'YAML' if is_yaml else 'JSON'
+        raise DistillationError(
+            f'{what} {path}: not valid {kind} ({describe_exception(e)})'
+        ) from None

@@ -28,6 +28,7 @@ FLOORS = {
     'anti_scaling.report': 3,
     'anti_scaling.search': 3,
     'anti_scaling.precompute': 3,
+    'anti_scaling.pseudo_labels': 3,
     'anti_scaling.fairseq_bart': 3,
     'anti_scaling.distillation': 4,
     'anti_scaling.scripts': 4,

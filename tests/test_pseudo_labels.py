@@ -15,8 +15,8 @@ from anti_scaling.precompute import (
     run_world,
     task_world,
 )
+from anti_scaling.pseudo_labels import cut_episodes, select_replies
 from anti_scaling.scripts import generate_pseudo_labels as script
-from anti_scaling.scripts.generate_pseudo_labels import cut_episodes, select_replies
 
 NARROW = 'anti_scaling.distillation:DistillNarrowTransformerAgent'
 MULTITURN = 'integration_tests:multiturn_nocandidate'

@@ -73,7 +73,9 @@ def add_distillation_args(
         type=str,
         default=None,
         help='A named set of student shape, layer maps and loss coefficients '
-        '(python -m anti_scaling.zoo list); flags on the command line win.',
+        '(python -m anti_scaling.zoo list), or a recipe file (.json/.yaml, e.g. '
+        'written by python -m anti_scaling.scripts.search); flags on the command '
+        'line win.',
     )
     group.add_argument(
         '--distill-temperature',

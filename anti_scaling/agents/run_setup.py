@@ -28,7 +28,7 @@ from ..parallel.teacher_placement import (
     student_device,
     teacher_overrides,
 )
-from ..zoo.recipes import apply_recipe, get_recipe, recipe_teacher_mismatches
+from ..zoo.recipes import Recipe, apply_recipe, recipe_teacher_mismatches
 from .config import read_config, terms_from_config
 from .encoder_sharing import check_shared_encoder
 from .layer_maps import resolve_layer_maps
@@ -41,6 +41,7 @@ from .options import (
     teacher_weights,
 )
 from .plan import DistillPlan, plan_from_options
+from .recipe_files import resolve_recipe
 from .student import check_attention_heads, check_wide_student
 from .teacher import Teacher, load_teacher
 from .teacher_targets import TeacherEnsemble
@@ -175,17 +176,17 @@ def check_cache_compatible(opt: dict, plan: DistillPlan, teachers: int) -> None:
 
 
 def _complete_student_options(
-    opt: dict, teacher: Teacher, user_set: set[str], wide: bool
+    opt: dict, teacher: Teacher, user_set: set[str], wide: bool, recipe: Recipe | None
 ) -> None:
     """Apply the recipe and inherit the teacher's options (a new student only)."""
     model_file = opt.get('model_file')
     if model_file and os.path.isfile(model_file + '.opt'):
         return  # ParlAI built these options from the saved student's .opt
-    if opt.get('recipe'):
-        applied = apply_recipe(opt, opt['recipe'], user_set, wide=wide)
+    if recipe is not None:
+        applied = apply_recipe(opt, recipe, user_set, wide=wide)
         user_set |= set(applied)
-        logging.info(f"Recipe {opt['recipe']}: {applied}")
-        for problem in recipe_teacher_mismatches(opt['recipe'], teacher.opt):
+        logging.info(f'Recipe {recipe.name}: {applied}')
+        for problem in recipe_teacher_mismatches(recipe, teacher.opt):
             logging.warning(f'Teacher differs from the recipe: {problem}')
     inherited = inherit_teacher_options(
         opt, teacher.opt, user_set, teacher.opt.get('dict_file')
@@ -234,8 +235,7 @@ def prepare_run(opt: dict, kind: StudentKind) -> RunSetup:
             + ', '.join(f'{k}={v}' for k, v in sorted(restored.items()))
         )
     check_required(opt)
-    if opt.get('recipe'):
-        get_recipe(opt['recipe'])  # unknown name: error before loading anything
+    recipe = resolve_recipe(opt['recipe']) if opt.get('recipe') else None
     config_terms = []
     if opt.get('distill_config'):
         config_terms = terms_from_config(
@@ -244,7 +244,7 @@ def prepare_run(opt: dict, kind: StudentKind) -> RunSetup:
     teachers = load_teachers(opt, kind)
     teacher = teachers.main
     _check_paths(opt, teachers)
-    _complete_student_options(opt, teacher, user_set, kind.wide)
+    _complete_student_options(opt, teacher, user_set, kind.wide, recipe)
     check_fp16_dictionary(opt, teacher)
 
     layers = {stack: stack_layers(opt, stack) for stack in STACKS}

@@ -32,6 +32,7 @@ from typing import Any
 
 from .. import __version__
 from ..agents.options import distillation_option_names
+from ..agents.recipe_files import resolve_recipe
 from ..dictionaries import side_files
 from ..errors import DistillationError
 from ..fileio import atomic_path, read_json, sha256_of
@@ -55,7 +56,6 @@ from ..zoo.manifest import (
     merge_into_manifest,
     write_manifest,
 )
-from ..zoo.recipes import get_recipe
 
 
 @dataclass
@@ -151,7 +151,7 @@ def publish_model(
             '(it becomes zoo:anti_scaling/NAME/model)'
         )
     if recipe is not None:
-        get_recipe(recipe)
+        resolve_recipe(recipe)
     if kind not in ('student', 'teacher'):
         raise DistillationError(f'--kind {kind!r}: use student or teacher')
     report_data = _read_report(report) if report else None

@@ -79,6 +79,18 @@ def load_agent(path: str, datapath: str, overrides: dict[str, Any]) -> Any:
     return load_generator_agent(model_file_opt(path, datapath, options))
 
 
+def evaluation_overrides(teacher_opt: dict) -> dict[str, Any]:
+    """Options every model is evaluated with: the teacher's ``label_truncate``.
+
+    The same references and the same maximum reply length for all.
+    """
+    label_truncate = teacher_opt.get('label_truncate') or teacher_opt.get('truncate')
+    # ParlAI reads a missing or negative value as "no truncation".
+    if label_truncate and label_truncate > 0:
+        return {'label_truncate': label_truncate}
+    return {'label_truncate': None}
+
+
 def check_dictionary(student: Model, teacher: Model) -> None:
     """Refuse a student whose dictionary is not the teacher's (one line)."""
     ours, theirs = student.agent.dict, teacher.agent.dict
@@ -116,19 +128,11 @@ def check_inputs(
 def load_models(inputs: list[tuple[str, str, Opt]], datapath: str) -> list[Model]:
     """Load the models of :func:`check_inputs` (teacher first); check dictionaries.
 
-    Every model is evaluated with the teacher's ``label_truncate`` (the same
-    references and the same maximum reply length for all). Raises
+    Every model is evaluated with :func:`evaluation_overrides`. Raises
     :class:`DistillationError` when a model does not load or a student's
     dictionary differs from the teacher's.
     """
-    teacher_opt = inputs[0][2]
-    label_truncate = teacher_opt.get('label_truncate') or teacher_opt.get('truncate')
-    # ParlAI reads a missing or negative value as "no truncation".
-    overrides = (
-        {'label_truncate': label_truncate}
-        if label_truncate and label_truncate > 0
-        else {'label_truncate': None}
-    )
+    overrides = evaluation_overrides(inputs[0][2])
     models: list[Model] = []
     for i, (label, path, _) in enumerate(inputs):
         agent = load_agent(path, datapath, overrides)

@@ -3,7 +3,7 @@
     python -m anti_scaling.scripts.generate_pseudo_labels --teacher-model T -t TASK \\
         --output FILE.jsonl [-dt train] [-bs 32] [-dp DP] \\
         [--inference beam --beam-size 4 | --inference nucleus --topp 0.9 | ...] \\
-        [--min-teacher-score S | --drop-worst-fraction F] \\
+        [--min-teacher-score S | --drop-worst-fraction F] [--min-reference-f1 F1] \\
         [--history-replies gold|teacher] [--overwrite true] [task and text options...]
 
 The teacher generates a reply for every example of the split (generation flags
@@ -43,6 +43,13 @@ method). ``--min-teacher-score S`` drops replies scoring below ``S``;
 later examples first kept). With ``--history-replies teacher`` an episode is
 cut at its first dropped reply (later contexts contain it). The counts are
 logged and returned.
+
+Quality filter (distil-whisper drops pseudo-labels far from the reference):
+``--min-reference-f1 F`` keeps only replies whose ParlAI F1 against the
+example's gold reply (the maximum over its gold labels; the distillation
+report's F1) is at least ``F``; replies to examples without a gold reply are
+dropped. It combines with the score filters: a reply is kept when every filter
+keeps it. Each reply's F1 is written beside its score (``reference_f1``).
 """
 
 from __future__ import annotations
@@ -76,6 +83,7 @@ from ..precompute import (
     split_datatype,
     task_world,
 )
+from ..pseudo_labels import cut_episodes, reference_f1, select_by_f1, select_replies
 
 HISTORY_MODES = ('gold', 'teacher')
 CONTEXT_SPEAKER = 'partner'
@@ -113,64 +121,16 @@ def setup_args(parser: ParlaiParser | None = None) -> ParlaiParser:
         help='Drop this fraction of the replies, the lowest-scoring first.',
     )
     group.add_argument(
+        '--min-reference-f1',
+        type=float,
+        default=None,
+        help='Drop replies whose F1 against the gold reply is below this (0-1).',
+    )
+    group.add_argument(
         '--overwrite', type='bool', default=False, help='Replace an existing output.'
     )
     parser.set_defaults(batchsize=32, datatype='train')
     return parser
-
-
-# ---------------------------------------------------------------------------
-# The filter (pure functions)
-# ---------------------------------------------------------------------------
-
-
-def select_replies(
-    scores: list[float],
-    min_score: float | None = None,
-    drop_worst_fraction: float = 0.0,
-) -> list[bool]:
-    """Which replies to keep, in order.
-
-    ``min_score``: keep ``score >= min_score`` (NaN scores are dropped).
-    ``drop_worst_fraction`` ``F`` in ``[0, 1)``: drop exactly ``floor(F * N)``
-    replies, the lowest scores first (NaN lowest; among equal scores the later
-    example is dropped first). At most one of the two may be set.
-    """
-    if min_score is not None and drop_worst_fraction:
-        raise DistillationError(
-            'give either --min-teacher-score or --drop-worst-fraction, not both'
-        )
-    if not 0 <= drop_worst_fraction < 1:
-        raise DistillationError(
-            f'--drop-worst-fraction is {drop_worst_fraction}: it must be in [0, 1)'
-        )
-    n = len(scores)
-    if min_score is not None:
-        return [not math.isnan(s) and s >= min_score for s in scores]
-    n_drop = math.floor(drop_worst_fraction * n)
-    order = sorted(
-        range(n),
-        key=lambda i: (-math.inf if math.isnan(scores[i]) else scores[i], -i),
-    )
-    dropped = set(order[:n_drop])
-    return [i not in dropped for i in range(n)]
-
-
-def cut_episodes(
-    episodes: list[list[Any]], keep: list[bool]
-) -> tuple[list[list[Any]], int]:
-    """Cut each episode at its first dropped example; ``keep`` is per example, in
-    episode order. Returns the kept episode prefixes (empty ones left out) and
-    the number of examples removed."""
-    out, removed, i = [], 0, 0
-    for episode in episodes:
-        flags = keep[i : i + len(episode)]
-        i += len(episode)
-        n = flags.index(False) if False in flags else len(flags)
-        removed += len(episode) - n
-        if n:
-            out.append(episode[:n])
-    return out, removed
 
 
 # ---------------------------------------------------------------------------
@@ -184,6 +144,7 @@ class _Example:
     reply: str
     score: float
     gold: list[str]
+    f1: float = math.nan  # against the gold reply (reference_f1)
 
 
 @dataclass
@@ -251,7 +212,9 @@ class _Generator:
             slot.history.append(obs['text'])
             if gold:
                 slot.history.append(gold[0])
-        slot.examples.append(_Example(text, reply, score, gold))
+        slot.examples.append(
+            _Example(text, reply, score, gold, reference_f1(reply, gold))
+        )
         if obs.get('episode_done'):
             if self.mode == 'gold':
                 self.episodes.extend([e] for e in slot.examples)
@@ -308,6 +271,7 @@ def conversation_line(episode: list[_Example]) -> str:
                 'id': TEACHER_SPEAKER,
                 'text': e.reply,
                 'teacher_score': e.score,
+                'reference_f1': None if math.isnan(e.f1) else e.f1,
                 'gold_labels': e.gold,
             },
         ]
@@ -362,7 +326,9 @@ class GeneratePseudoLabels(ParlaiScript):
             )
         min_score = opt.get('min_teacher_score')
         fraction = float(opt.get('drop_worst_fraction') or 0.0)
+        min_f1 = opt.get('min_reference_f1')
         select_replies([], min_score, fraction)  # bad filter flags fail here
+        select_by_f1([], min_f1)
         mode = opt.get('history_replies') or 'gold'
         split = (opt.get('datatype') or 'train').split(':')[0]
         split_datatype(split)
@@ -374,8 +340,11 @@ class GeneratePseudoLabels(ParlaiScript):
             run_world(task_world(opt, agent, split), f'teacher replies ({split})')
         episodes = generator.finish()
         examples = [e for episode in episodes for e in episode]
-        keep = select_replies([e.score for e in examples], min_score, fraction)
-        by_score = keep.count(False)
+        by_score_keep = select_replies([e.score for e in examples], min_score, fraction)
+        f1s = [e.f1 for e in examples]
+        by_f1_keep = select_by_f1(f1s, min_f1)
+        keep = [a and b for a, b in zip(by_score_keep, by_f1_keep)]
+        by_score, by_f1 = by_score_keep.count(False), by_f1_keep.count(False)
         kept, removed = cut_episodes(episodes, keep)
         n_kept = sum(len(e) for e in kept)
         lines = [conversation_line(episode) for episode in kept]
@@ -388,13 +357,14 @@ class GeneratePseudoLabels(ParlaiScript):
             'kept': n_kept,
             'dropped': len(examples) - n_kept,
             'dropped_by_score': by_score,
+            'dropped_by_f1': by_f1,
+            'min_reference_f1': min_f1,
+            'mean_reference_f1': _mean([f for f in f1s if not math.isnan(f)]),
             'episodes': len(kept),
             'history_replies': mode,
             'min_teacher_score': min_score,
             'drop_worst_fraction': fraction,
-            'mean_teacher_score': (
-                sum(e.score for e in examples) / len(examples) if examples else None
-            ),
+            'mean_teacher_score': _mean([e.score for e in examples]),
         }
         teacher_path = agent.opt['model_file']
         metadata = {
@@ -414,13 +384,18 @@ class GeneratePseudoLabels(ParlaiScript):
         atomic_write(
             metadata_path(output), lambda fh: json.dump(metadata, fh, indent=1)
         )
+        filtered = keep.count(False)
         logging.info(
-            f'Wrote {output}: {n_kept} of {len(examples)} examples kept '
-            f'({by_score} dropped by the score filter, {removed - by_score} more by '
-            f'episode cuts), {len(kept)} episodes. Train with -t jsonfile '
-            f'--jsonfile-datapath {output}'
+            f'Wrote {output}: {n_kept} of {len(examples)} examples kept, '
+            f'{len(examples) - n_kept} dropped ({by_score} by the score filter, '
+            f'{by_f1} by the F1 filter, {removed - filtered} more by episode cuts), '
+            f'{len(kept)} episodes. Train with -t jsonfile --jsonfile-datapath {output}'
         )
         return summary
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
 
 
 def main(args: list[str] | None = None) -> dict[str, Any]:

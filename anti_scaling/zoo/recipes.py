@@ -1,5 +1,7 @@
 """Named distillation recipes: ``--recipe NAME`` sets a documented student shape,
 layer maps and loss coefficients; anything given on the command line wins.
+``--recipe FILE.json`` (or ``.yaml``) reads one from a file instead
+(``anti_scaling.agents.recipe_files``; the search writes such files).
 
 Only recipes with a public source are registered. Each records where its facts
 come from (``sources``) and which values had to be chosen because no source
@@ -67,8 +69,10 @@ class Recipe:
 
     @property
     def student_shape(self) -> dict[str, int]:
-        """The student's sizes: the recipe's, else the teacher's (wide students)."""
-        return {k: self.options.get(k, self.teacher_shape[k]) for k in SHAPE_KEYS}
+        """The student's sizes: the recipe's, else the teacher's (wide students);
+        sizes neither states are left out."""
+        shape = {k: self.options.get(k, self.teacher_shape.get(k)) for k in SHAPE_KEYS}
+        return {k: v for k, v in shape.items() if v is not None}
 
     @property
     def wide(self) -> bool:
@@ -296,16 +300,21 @@ RECIPES.update(
 )
 
 
-def get_recipe(name: str) -> Recipe:
-    """The registered recipe ``name``; :class:`DistillationError` names the known ones."""
-    try:
+def get_recipe(name: str | Recipe) -> Recipe:
+    """The registered recipe ``name`` (a :class:`Recipe` is returned as it is).
+
+    Raises :class:`DistillationError` naming the known recipes for an unknown
+    name. Recipe files are read by ``anti_scaling.agents.recipe_files``.
+    """
+    if isinstance(name, Recipe):
+        return name
+    if isinstance(name, str) and name in RECIPES:
         return RECIPES[name]
-    except (KeyError, TypeError):
-        known = ', '.join(sorted(RECIPES)) or '(none)'
-        raise DistillationError(
-            f'unknown recipe {name!r}: known recipes are {known} '
-            '(see python -m anti_scaling.zoo list)'
-        ) from None
+    known = ', '.join(sorted(RECIPES)) or '(none)'
+    raise DistillationError(
+        f'unknown recipe {name!r}: known recipes are {known} '
+        '(see python -m anti_scaling.zoo list), or give a recipe file (.json, .yaml)'
+    )
 
 
 def recipe_options(name: str) -> dict[str, Any]:
@@ -317,7 +326,7 @@ def recipe_options(name: str) -> dict[str, Any]:
 
 
 def apply_recipe(
-    opt: dict, name: str, user_set: set[str], *, wide: bool | None = None
+    opt: dict, name: str | Recipe, user_set: set[str], *, wide: bool | None = None
 ) -> dict[str, Any]:
     """Set in ``opt`` every option of recipe ``name`` that the user did not set.
 
@@ -336,7 +345,7 @@ def apply_recipe(
     if wide is not None and wide != recipe.wide:
         kind = 'wide (layer-removal)' if recipe.wide else 'narrow'
         raise DistillationError(
-            f'recipe {name} is for a {kind} student: use --model {recipe.agent}'
+            f'recipe {recipe.name} is for a {kind} student: use --model {recipe.agent}'
         )
     blocked = set(user_set)
     for general, specific in GENERAL_TO_SPECIFIC.items():
@@ -354,7 +363,7 @@ def apply_recipe(
     return applied
 
 
-def recipe_teacher_mismatches(name: str, teacher_opt: dict) -> list[str]:
+def recipe_teacher_mismatches(name: str | Recipe, teacher_opt: dict) -> list[str]:
     """Where a teacher's shape differs from the one recipe ``name`` was written for.
 
     Returns readable differences (empty when the teacher matches), e.g. for a
@@ -370,5 +379,5 @@ def recipe_teacher_mismatches(name: str, teacher_opt: dict) -> list[str]:
         ):
             value = teacher_opt.get('n_layers')
         if value is not None and int(value) != int(expected):
-            diffs.append(f'{key} {value} (recipe {name} expects {expected})')
+            diffs.append(f'{key} {value} (recipe {recipe.name} expects {expected})')
     return diffs

@@ -1,0 +1,198 @@
+"""Search the student of a teacher: shapes and losses by quality and measured speed.
+
+    python -m anti_scaling.scripts.search --teacher T -t TASK --out DIR --trials N \\
+        [--storage URL] [--study-name NAME] [--space FILE] [--param NAME=SPEC ...] \\
+        [--sampler tpe|nsga2] [--steps 200] [--valid-every 50] \\
+        [--train-args "-lr 1e-3 ..."] [--target-speedup 5] [-- TASK OPTIONS]
+
+Each trial distils one student of the space through ParlAI for ``--steps``
+steps, validates it every ``--valid-every`` steps (pruning hopeless ones), and
+measures it against the teacher: token accuracy and perplexity under teacher
+forcing on the valid split, greedy generation speed (batch size 1) as the
+distillation report measures it. optuna searches the two objectives (TPE or
+NSGA-II). The study lives in ``DIR/study.db`` (or ``--storage``); the same
+command resumes it, and several processes with the same ``--storage`` and
+``--study-name`` share it. Outputs in ``DIR``: ``trials.json``,
+``pareto.md``, ``pareto.png`` and ``recipes/``. Options after ``--`` go to the
+task (training and evaluation). See docs/search.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+from ..errors import DistillationError, print_error
+from .distill_report import DEFAULT_DATAPATH
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command-line parser (documented in the module docstring and docs/search.md)."""
+    p = argparse.ArgumentParser(
+        prog='python -m anti_scaling.scripts.search',
+        description='Search student shapes and losses by distilled quality and speed.',
+    )
+    p.add_argument('--teacher', required=True, help='the teacher model file')
+    p.add_argument('-t', '--task', required=True, help='ParlAI task')
+    p.add_argument('--out', required=True, help='folder of the study and outputs')
+    p.add_argument(
+        '--trials',
+        type=int,
+        required=True,
+        help='finished trials the study should have',
+    )
+    p.add_argument(
+        '--storage', default=None, help='optuna storage URL (default: sqlite in --out)'
+    )
+    p.add_argument('--study-name', default='search', help='study name (search)')
+    p.add_argument('--space', default=None, help='search space file (YAML or JSON)')
+    p.add_argument(
+        '--param',
+        action='append',
+        default=[],
+        metavar='NAME=SPEC',
+        help='one parameter of the space, e.g. n_decoder_layers=1:4, '
+        'pred_loss_type=kl,jsd, hidden_loss_coeff=0.1:10:log:optional (repeatable)',
+    )
+    p.add_argument('--sampler', default='tpe', choices=['tpe', 'nsga2'])
+    p.add_argument('--seed', type=int, default=None, help="the sampler's seed")
+    p.add_argument(
+        '--startup-trials', type=int, default=10, help='random trials before TPE (10)'
+    )
+    p.add_argument('--population', type=int, default=10, help='NSGA-II population (10)')
+    p.add_argument('--steps', type=int, default=200, help='training steps per trial')
+    p.add_argument(
+        '--valid-every', type=int, default=50, help='validate every N steps (0: never)'
+    )
+    p.add_argument(
+        '--valid-examples', type=int, default=200, help='examples per validation'
+    )
+    p.add_argument(
+        '--quality-examples', type=int, default=500, help='valid examples measured'
+    )
+    p.add_argument(
+        '--timing-examples', type=int, default=50, help='of them, replies timed'
+    )
+    p.add_argument('--eval-batchsize', type=int, default=32, help='teacher forcing')
+    p.add_argument('--warmup', type=int, default=2, help='untimed warm-up batches')
+    p.add_argument('--quality', default='token_acc', choices=['token_acc', 'ppl'])
+    p.add_argument('--speed', default='per_reply', choices=['per_reply', 'per_token'])
+    p.add_argument('--no-prune', action='store_true', help='never prune a trial')
+    p.add_argument(
+        '--prune-margin', type=float, default=0.05, help='relative margin (0.05)'
+    )
+    p.add_argument(
+        '--prune-min-trials',
+        type=int,
+        default=1,
+        help='as-cheap completed trials needed to prune (1)',
+    )
+    p.add_argument(
+        '--train-args',
+        default='',
+        help='extra parlai train_model flags for every trial, as one string '
+        "(default: the teacher's optimiser flags)",
+    )
+    p.add_argument(
+        '-dp',
+        '--datapath',
+        default=DEFAULT_DATAPATH,
+        help=f"ParlAI's data folder (default {DEFAULT_DATAPATH})",
+    )
+    p.add_argument('--threads', type=int, default=None, help='torch threads')
+    p.add_argument(
+        '--full-steps', type=int, default=10000, help='budget of the full commands'
+    )
+    p.add_argument(
+        '--target-speedup', type=float, default=None, help='choose a front point'
+    )
+    p.add_argument('--keep-models', action='store_true', help="keep trials' models")
+    p.add_argument('--timeout', type=float, default=None, help='stop after N seconds')
+    p.add_argument('--quiet', action='store_true', help='no progress bar')
+    p.add_argument('--verbose', action='store_true', help="ParlAI's and optuna's logs")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the search; 0 when done, 2 (one line on stderr) on bad input, 130 if stopped."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    task_args: list[str] = []
+    if '--' in argv:
+        cut = argv.index('--')
+        argv, task_args = argv[:cut], argv[cut + 1 :]
+    args = parser().parse_args(argv)
+    try:
+        import optuna  # noqa: F401
+    except ImportError:
+        print_error(
+            DistillationError(
+                "the search needs optuna: pip install 'anti-scaling[search]' "
+                '(or pip install -c constraints.txt optuna)'
+            )
+        )
+        return 2
+    import parlai.utils.logging as parlai_logging
+
+    from ..search.settings import SearchSettings, safe_url
+    from ..search.study import prepare_search, run_search
+
+    if not args.verbose:
+        parlai_logging.set_log_level(parlai_logging.ERROR)
+    settings = SearchSettings(
+        teacher=args.teacher,
+        task=args.task,
+        out=args.out,
+        trials=args.trials,
+        datapath=args.datapath,
+        storage=args.storage,
+        study_name=args.study_name,
+        space_file=args.space,
+        params=args.param,
+        sampler=args.sampler,
+        sampler_seed=args.seed,
+        startup_trials=args.startup_trials,
+        population=args.population,
+        steps=args.steps,
+        valid_every=args.valid_every,
+        valid_examples=args.valid_examples,
+        quality_examples=args.quality_examples,
+        timing_examples=args.timing_examples,
+        eval_batchsize=args.eval_batchsize,
+        warmup=args.warmup,
+        quality=args.quality,
+        speed=args.speed,
+        prune=not args.no_prune,
+        prune_margin=args.prune_margin,
+        prune_min_trials=args.prune_min_trials,
+        train_args=shlex.split(args.train_args),
+        task_args=task_args,
+        threads=args.threads,
+        full_steps=args.full_steps,
+        target_speedup=args.target_speedup,
+        keep_models=args.keep_models,
+        timeout=args.timeout,
+        progress=not args.quiet,
+        verbose=args.verbose,
+    )
+    try:
+        search = prepare_search(settings)
+    except DistillationError as e:
+        print_error(e)
+        return 2
+    done = 'resuming' if search.resumed else 'new'
+    print(
+        f'{done} study {settings.study_name!r} in {safe_url(settings.storage_url)}: '
+        f'{len(search.study.trials)} trials so far, target {settings.trials} finished'
+    )
+    try:
+        paths = run_search(search)
+    except KeyboardInterrupt:
+        print('interrupted: run the same command to resume the study', file=sys.stderr)
+        return 130
+    print('written: ' + ', '.join(paths.values()))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
