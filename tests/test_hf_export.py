@@ -114,6 +114,7 @@ def test_int8_copy(chitchat_export):
     # 2 + 2 layers: 6 linear layers per encoder layer, 10 per decoder layer.
     assert sum(isinstance(m, DynamicLinear) for m in quantized.modules()) == 32
     assert type(quantized.lm_head) is torch.nn.Linear
+    assert quantized.generation_config.to_dict() == model.generation_config.to_dict()
     inputs = parlai_inputs.ParlaiInputs.from_pretrained(folder)
     batch = inputs([['hello there', 'hi! how are you doing today?']])
     decoder = torch.tensor([[1, 5, 6, 7]])

@@ -71,21 +71,19 @@ def _special_ids(
     return tuple(int(i) for i in ids)
 
 
-def _appends_end(spec: dict, end_token: str) -> bool:
-    """Whether the tokenizer's single-text post-processor ends with the end token."""
-    post = spec.get('post_processor') or {}
-    single = post.get('single') or []
-    last = single[-1] if single else {}
-    return last.get('SpecialToken', {}).get('id') == end_token
+def _appends_end(backend: Any, end_id: int) -> bool:
+    """Whether the tokenizer adds the end token after a text (tried on one)."""
+    ids = backend.encode('hello there').ids
+    plain = backend.encode('hello there', add_special_tokens=False).ids
+    return len(ids) > len(plain) and ids[-1] == end_id
 
 
 def text_options(
     family: Family,
     config: Any,
     generation: Any,
-    spec: dict,
+    appends_end: bool,
     metadata: dict | None,
-    end_token: str,
 ) -> dict[str, Any]:
     """History, truncation and decoding options of the imported model."""
     prefix = family.decoder_prefix
@@ -93,9 +91,7 @@ def text_options(
     options: dict[str, Any] = {
         'text_truncate': positions,
         'label_truncate': positions - prefix,
-        'history_add_global_end_token': (
-            'end' if _appends_end(spec, end_token) else None
-        ),
+        'history_add_global_end_token': 'end' if appends_end else None,
     }
     if generation is not None:
         if generation.max_length:
@@ -236,7 +232,11 @@ def import_from_hf(
         **arch,
         **dictionary.options,
         **text_options(
-            family, config, generation, spec, metadata, dictionary.tokens[2]
+            family,
+            config,
+            generation,
+            _appends_end(tokenizer.backend_tokenizer, ids[2]),
+            metadata,
         ),
         'model': family.parlai_model,
         'model_file': out_model,

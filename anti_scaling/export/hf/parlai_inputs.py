@@ -187,16 +187,18 @@ class ParlaiInputs:
 def load_int8(folder: str) -> Any:
     """The folder's int8 copy (``int8/model_int8.pt``): CPU only, eval mode.
 
-    The model is built from ``config.json``, its encoder and decoder linear
-    layers are dynamically quantised (torch ``quantize_dynamic``, int8) and the
-    saved weights loaded into it.
+    The model is built from ``config.json`` (decoding settings from
+    ``generation_config.json``), its encoder and decoder linear layers are
+    dynamically quantised (torch ``quantize_dynamic``, int8) and the saved
+    weights loaded into it.
     """
     import warnings
 
     import torch
-    from transformers import AutoConfig, AutoModelForSeq2SeqLM
+    from transformers import AutoConfig, AutoModelForSeq2SeqLM, GenerationConfig
 
     model = AutoModelForSeq2SeqLM.from_config(AutoConfig.from_pretrained(folder)).eval()
+    model.generation_config = GenerationConfig.from_pretrained(folder)
     path = os.path.join(folder, 'int8', 'model_int8.pt')
     with warnings.catch_warnings():  # torch's deprecation notices for torch.ao
         warnings.simplefilter('ignore')

@@ -63,7 +63,7 @@ def load_for_export(model_file: str, datapath: str) -> tuple[Any, Family]:
     or activation with no transformers counterpart, and a dictionary no
     transformers tokenizer reproduces.
     """
-    opt = read_model_opt(model_file, role='model')
+    opt = read_model_opt(model_file, role='ParlAI')
     plain = plain_model_name(opt, model_file)
     if opt['model'] != plain:
         states = load_checkpoint(model_file)
