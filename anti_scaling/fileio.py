@@ -1,6 +1,8 @@
 """Files are replaced whole or not at all: write to a temporary file, then rename.
 
-Also: one reader for the JSON/YAML files users give, with one-line errors.
+Folders likewise (:func:`atomic_directory`): written beside their final place,
+then renamed into it. Also: one reader for the JSON/YAML files users give, with
+one-line errors.
 """
 
 from __future__ import annotations
@@ -40,6 +42,40 @@ def atomic_path(path: str) -> Iterator[str]:
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        raise
+
+
+@contextmanager
+def atomic_directory(path: str, overwrite: bool = False) -> Iterator[str]:
+    """Yield a new empty folder beside ``path``; on success it becomes ``path``.
+
+    An existing ``path`` is replaced only when ``overwrite`` (callers check
+    first, to refuse before any work): it is moved aside, the new folder
+    renamed in, and the old one deleted. On error the new folder is deleted
+    and ``path`` is left as it was.
+    """
+    path = os.path.abspath(path)
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix='.' + os.path.basename(path) + '.', dir=parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
+    try:
+        yield tmp
+        if os.path.exists(path):
+            if not overwrite:
+                raise FileExistsError(path)
+            old = tempfile.mkdtemp(
+                prefix='.' + os.path.basename(path) + '.old.', dir=parent
+            )
+            os.rename(path, os.path.join(old, 'previous'))
+            os.rename(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 

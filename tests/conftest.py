@@ -69,3 +69,22 @@ def bart_teacher_file(tmp_path_factory, datapath) -> str:
     with open(model_file + '.opt', 'w') as fh:
         json.dump(opt, fh)
     return model_file
+
+
+@pytest.fixture(scope='session')
+def chitchat_model(tmp_path_factory, datapath) -> str:
+    """A tiny pre-LayerNorm chitchat student, trained for a few seconds (hf tests)."""
+    from hf_support import train_chitchat_model
+
+    return train_chitchat_model(
+        datapath, str(tmp_path_factory.mktemp('chat') / 'model')
+    )
+
+
+@pytest.fixture(scope='session')
+def chitchat_export(tmp_path_factory, datapath, chitchat_model):
+    """The chitchat student exported with --verify (50 contexts) and an int8 copy."""
+    from anti_scaling.export.hf.to_hf import export_to_hf
+
+    out = str(tmp_path_factory.mktemp('export') / 'hf')
+    return export_to_hf(chitchat_model, out, datapath, verify=True, quantize='int8')

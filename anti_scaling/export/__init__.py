@@ -1,2 +1,3 @@
-"""Students leaving training: stripped of their projections (:mod:`.strip`) and
-published as zoo archives (:mod:`.publish`)."""
+"""Students leaving training: stripped of their projections (:mod:`.strip`),
+published as zoo archives (:mod:`.publish`), and written for Hugging Face
+transformers or read back from it (:mod:`.hf`)."""

@@ -23,6 +23,7 @@ from .evaluation import (
     text_metrics,
 )
 from .models import Model, check_inputs, load_models
+from .quantize import SCHEMES, with_int8_copies
 from .timing import decoding_options, time_generation
 from .writing import check_output, write_report
 
@@ -51,6 +52,8 @@ class ReportSettings:
     task_args: list[str] = field(default_factory=list)
     overwrite: bool = False
     progress: bool = True
+    #: ``'int8'``: add a dynamically quantised copy of every model.
+    quantize: str | None = None
     command: str = ''
 
 
@@ -62,6 +65,8 @@ def _check_numbers(s: ReportSettings) -> None:
         raise DistillationError('--warmup must be >= 0')
     if not s.students:
         raise DistillationError('--students needs at least one model file')
+    if s.quantize is not None and s.quantize not in SCHEMES:
+        raise DistillationError(f'--quantize {s.quantize}: choose one of {SCHEMES}')
 
 
 def _check_baselines(s: ReportSettings, labels: list[str]) -> None:
@@ -114,6 +119,8 @@ def _generate(s: ReportSettings, models: list[Model], examples: list) -> tuple:
 
 
 def _role(model: Model, baselines: list[str]) -> str:
+    if model.quantized:
+        return model.quantized
     if model.is_teacher:
         return 'teacher'
     return 'baseline' if model.label in baselines else 'student'
@@ -135,6 +142,7 @@ def _rows(
             'label': m.label,
             'path': m.path,
             'role': _role(m, baselines),
+            'quantized': m.quantized,
             'architecture': _architecture(m),
             'params': m.params,
             **forced[i].metrics,
@@ -180,6 +188,7 @@ def _settings(s: ReportSettings, models: list[Model], n: int, options: dict) -> 
         'eval_batchsize': s.eval_batchsize,
         'beam_size': s.beam_size,
         'baselines': list(s.baselines),
+        'quantize': s.quantize,
         'decodings': list(options),
         'decoding_options': options,
         # ParlAI's generation stops at label_truncate tokens, else at 256.
@@ -212,6 +221,8 @@ def build_report(s: ReportSettings) -> dict:
     if s.threads:
         torch.set_num_threads(s.threads)
     models = load_models(inputs, s.datapath)
+    if s.quantize:
+        models = with_int8_copies(models)
     examples = collect_examples(task, models[0].agent, s.num_examples)
     if not examples:
         raise DistillationError(f'-t {s.task} ({s.datatype}) gave no labelled example')

@@ -27,6 +27,8 @@ class Model:
     agent: Any
     params: int
     is_teacher: bool = False
+    #: ``'int8'`` for a quantised copy (see :mod:`.quantize`).
+    quantized: str | None = None
 
 
 def check_model_file(path: str, flag: str) -> Opt:

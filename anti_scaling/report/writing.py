@@ -49,6 +49,15 @@ def _ms_pair(model: dict, decodings: list[str]) -> str:
     )
 
 
+def _int8_note(settings: dict) -> str:
+    if not settings.get('quantize'):
+        return ''
+    return (
+        " Rows labelled 'int8' are copies of the model above them with every linear "
+        'layer dynamically quantised to int8 (torch), evaluated and timed the same way.'
+    )
+
+
 def markdown(report: dict) -> str:
     """The report as Markdown: the settings in a sentence, then one row per model."""
     s = report['settings']
@@ -70,7 +79,7 @@ def markdown(report: dict) -> str:
         f"{s['warmup_batches']} warm-up batch(es) excluded; speedup = teacher's "
         "mean / model's mean. Replies differ in length, so the time per generated "
         "token (end token included) and the speedup on it are given too. Pairs "
-        'are given as ' + names + '.',
+        'are given as ' + names + '.' + _int8_note(s),
         '',
         '| model | params | ppl | token acc | teacher agr. | F1 | BLEU (ref) '
         '| BLEU (teacher) | tokens/reply | s/reply mean | s/reply p90 | speedup '
@@ -119,11 +128,13 @@ MARKERS = {
         'facecolors': 'white',
         'edgecolors': 'tab:gray',
     },
+    'int8': {'marker': 'D', 's': 45, 'facecolors': 'white', 'edgecolors': 'tab:red'},
 }
 ROLE_NAMES = {
     'teacher': 'teacher',
     'student': 'distilled student',
     'baseline': 'baseline (no teacher)',
+    'int8': 'int8 copy (dynamic quantisation)',
 }
 #: Where a point's label may go: offset in points, horizontal and vertical alignment.
 LABEL_SPOTS = (

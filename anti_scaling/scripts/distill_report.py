@@ -3,7 +3,7 @@
     python -m anti_scaling.scripts.distill_report --teacher T --students A B ... \\
         --out DIR -t TASK [-dp DP] [--num-examples N] [--batchsize B] \\
         [--beam-size K] [--labels NAME ...] [--baselines NAME ...] [--overwrite] \\
-        [-- TASK OPTIONS]
+        [--quantize int8] [-- TASK OPTIONS]
 
 Evaluates every model (teacher included) on the same first ``N`` examples of
 the task's test split and writes ``DIR/report.json`` (every figure and the
@@ -16,7 +16,10 @@ replies, seconds per reply on CPU (mean and p90, batch size ``B``, warm-up
 excluded) and the speedup over the teacher. Students may be stripped plain
 models or unstripped distillation students; they must use the teacher's
 dictionary. ``--baselines`` names the students (by label) trained without a
-teacher: the plot draws them apart. Options after ``--`` go to the task (e.g. ``--chitchat-max-turns 8``).
+teacher: the plot draws them apart. ``--quantize int8`` adds, after each
+model, a copy with its linear layers dynamically quantised to int8, evaluated
+and timed like the others (rows labelled ``'<label> int8'``). Options after
+``--`` go to the task (e.g. ``--chitchat-max-turns 8``).
 
 Bad input (a missing model file, a student with another dictionary, an unknown
 task, an existing report without ``--overwrite``) stops with one line before
@@ -84,6 +87,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         '--overwrite', action='store_true', help='replace an earlier report in --out'
     )
+    p.add_argument(
+        '--quantize',
+        choices=['int8'],
+        default=None,
+        help='add a dynamically quantised int8 copy of every model',
+    )
     p.add_argument('--quiet', action='store_true', help='no progress bars')
     p.add_argument('--verbose', action='store_true', help="show ParlAI's logging")
     return p
@@ -122,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         task_args=task_args,
         overwrite=args.overwrite,
         progress=not args.quiet,
+        quantize=args.quantize,
         command='python -m anti_scaling.scripts.distill_report '
         + shlex.join(argv + (['--', *task_args] if task_args else [])),
     )
