@@ -637,3 +637,36 @@ def test_logit_mse_of_several_teachers_compares_averaged_logits(
     mask = batch.label_vec != agent.NULL_IDX
     expected = losses.logit_mse(s, 0.75 * z1 + 0.25 * z2, mask).mean()
     assert mixed == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_handover_from_teacher_to_labels_is_linear_then_labels_only():
+    point = CapturePoint('encoder', 'output', 0)
+    hidden = DistillTerm('enc_loss', (StatePair(point, point),), 2.0)
+    pred = DistillTerm(
+        'pred_loss', (StatePair(LOGITS, LOGITS, 'kl', 'decoder'),), 8.0, stage='final'
+    )
+    plan = DistillPlan(task_coeff=1.0, terms=(hidden, pred), handover_steps=100)
+    assert plan.weights(0) == {'loss': 1.0, 'enc_loss': 2.0, 'pred_loss': 8.0}
+    assert plan.weights(25) == {'loss': 1.0, 'enc_loss': 1.5, 'pred_loss': 6.0}
+    assert plan.weights(100) == {'loss': 1.0, 'enc_loss': 0.0, 'pred_loss': 0.0}
+    assert plan.weights(5000)['pred_loss'] == 0.0
+
+
+def test_handover_steps_from_the_command_line(teacher_file, datapath, tmp_path):
+    agent = make_agent(
+        _args(
+            teacher_file,
+            tmp_path,
+            '--pred-loss-coeff',
+            '4',
+            '--handover-steps',
+            '10',
+        ),
+        datapath,
+    )
+    assert agent.distill_plan.handover_steps == 10
+    assert agent.distill_plan.weights(5)['pred_loss'] == 2.0
+    with pytest.raises(DistillationError, match='--handover-steps must be >= 0'):
+        make_agent(
+            _args(teacher_file, tmp_path / 'bad', '--handover-steps', '-1'), datapath
+        )

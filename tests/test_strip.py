@@ -249,3 +249,27 @@ def test_stale_dictionary_beside_the_student_is_replaced(
     )
     with open(model_file + '.dict') as a, open(teacher_file + '.dict') as b:
         assert a.read() == b.read()
+
+
+def test_an_optimizer_state_that_cannot_be_cut_is_dropped():
+    """An optimizer holding one flattened copy of every parameter (fewer entries
+    than parameter names) cannot lose only the projections' slots."""
+    from anti_scaling.export.strip import strip_states
+    from anti_scaling.model_files import OPTIMIZER_PARAM_NAMES
+
+    states = {
+        'model': {
+            'a.weight': torch.zeros(2),
+            'distill_projections.p.weight': torch.zeros(3),
+        },
+        OPTIMIZER_PARAM_NAMES: ['a.weight', 'distill_projections.p.weight'],
+        'optimizer': {
+            'state': {0: {'exp_avg': torch.zeros(5)}},
+            'param_groups': [{'params': [0], 'lr': 1.0}],
+        },
+        'optimizer_type': 'adam',
+    }
+    stripped, removed = strip_states(states)
+    assert removed == ['distill_projections.p.weight']
+    assert 'optimizer' not in stripped and 'optimizer_type' not in stripped
+    assert list(stripped['model']) == ['a.weight']

@@ -14,10 +14,8 @@ from parlai.core.opt import Opt
 from parlai.core.params import ParlaiParser
 
 from ..errors import DistillationError
-from ..loss_terms import COEFFICIENTS, KIND_OPTIONS, LOSS_TERMS
+from ..loss_terms import KIND_OPTIONS, LOSS_TERMS
 from ..model_files import ZOO_PREFIXES
-from ..option_keys import GENERAL_TO_SPECIFIC, INHERITED_KEYS
-from .plan import taid_steps
 
 
 class _TeacherModelAction(argparse._StoreAction):
@@ -151,6 +149,14 @@ def add_distillation_args(
         default=0,
         help='Two-step distillation: only intermediate terms for this many training '
         'steps, then only the task and prediction terms (0: off).',
+    )
+    group.add_argument(
+        '--handover-steps',
+        type=int,
+        default=0,
+        help='Hand over from the teacher to the labels: every distillation term\'s '
+        'weight falls linearly to 0 at this training step, after which the student '
+        'learns from the labels alone (0: off).',
     )
     group.add_argument(
         '--distill-temperature-max',
@@ -295,146 +301,3 @@ def distillation_option_names() -> set[str]:
     before = {action.dest for action in parser._actions}
     add_distillation_args(parser, wide=True)
     return {action.dest for action in parser._actions} - before
-
-
-def restore_checkpoint_options(opt: dict, user_set: set[str]) -> dict[str, object]:
-    """When resuming from ``MODEL.checkpoint``, reuse its distillation options.
-
-    ParlAI rebuilds the options of an interrupted run from the command line, so
-    without this a resumed run would fall back to default layer maps. Options
-    given on the command line still win. Returns what was restored.
-    """
-    init_model = opt.get('init_model') or ''
-    model_file = opt.get('model_file') or ''
-    if not (model_file and init_model == model_file + '.checkpoint'):
-        return {}
-    if not os.path.isfile(init_model + '.opt'):
-        return {}
-    saved = Opt.load(init_model + '.opt')
-    restored = {}
-    for key in distillation_option_names():
-        if key in saved and key not in user_set and saved[key] != opt.get(key):
-            opt[key] = restored[key] = saved[key]
-    return restored
-
-
-def inherit_teacher_options(
-    opt: dict, teacher_opt: dict, user_set: set[str], teacher_dict_file: str
-) -> dict[str, object]:
-    """Copy the teacher's options into ``opt`` wherever the user did not set them.
-
-    ``user_set`` holds the option names given on the command line (ParlAI's
-    ``opt['override']``). Returns what was inherited. The student always reads
-    the teacher's dictionary unless ``--dict-file`` was given.
-    """
-    blocked = set(user_set)
-    for general, specific in GENERAL_TO_SPECIFIC.items():
-        if general in user_set:
-            for key in specific:
-                if key not in user_set:
-                    blocked.add(key)
-                    if key in ('n_encoder_layers', 'n_decoder_layers'):
-                        opt[key] = -1
-                    else:
-                        opt[key] = None
-    inherited: dict[str, object] = {}
-    for key in INHERITED_KEYS:
-        if key in blocked or key not in teacher_opt:
-            continue
-        value = teacher_dict_file if key == 'dict_file' else teacher_opt[key]
-        if opt.get(key) != value:
-            inherited[key] = value
-        opt[key] = value
-    return inherited
-
-
-def stack_layers(opt: dict, stack: str) -> int:
-    """Layer count of ``stack`` ('encoder'/'decoder') as ParlAI resolves it."""
-    specific = opt.get(f'n_{stack}_layers')
-    if specific is not None and int(specific) > 0:
-        return int(specific)
-    return int(opt['n_layers'])
-
-
-def check_required(opt: dict) -> None:
-    """Refuse a run without a teacher, or with inconsistent numeric options."""
-    if not opt.get('teacher_model'):
-        raise DistillationError(
-            '--teacher-model is required: the path of the trained ParlAI model to '
-            'distil (or a zoo: path)'
-        )
-    for dest in COEFFICIENTS:
-        value = opt.get(dest)
-        if value is not None and float(value) < 0:
-            raise DistillationError(
-                f"--{dest.replace('_', '-')} is {value}: coefficients must be >= 0"
-            )
-    temperature = float(opt.get('distill_temperature') or 1.0)
-    if temperature <= 0:
-        raise DistillationError(
-            f"--distill-temperature is {opt.get('distill_temperature')}: "
-            'it must be > 0'
-        )
-    t_max = opt.get('distill_temperature_max')
-    if t_max is not None and float(t_max) < temperature:
-        raise DistillationError(
-            f'--distill-temperature-max {t_max} is below --distill-temperature '
-            f'{temperature}: annealing goes from the maximum down'
-        )
-    if t_max is not None and int(opt.get('temperature_anneal_steps') or 0) <= 0:
-        raise DistillationError(
-            '--distill-temperature-max needs --temperature-anneal-steps > 0'
-        )
-    beta = float(opt.get('jsd_beta') if opt.get('jsd_beta') is not None else 0.5)
-    if not 0 <= beta <= 1:
-        raise DistillationError(f'--jsd-beta is {beta}: it must be in [0, 1]')
-    alpha = float(opt.get('skew_alpha') if opt.get('skew_alpha') is not None else 0.1)
-    if not 0 <= alpha < 1:
-        raise DistillationError(f'--skew-alpha is {alpha}: it must be in [0, 1)')
-    if opt.get('pred_loss_type') == 'taid':
-        _check_taid(opt)
-    if int(opt.get('intermediate_steps') or 0) < 0:
-        raise DistillationError('--intermediate-steps must be >= 0')
-    fraction = float(opt.get('on_policy_fraction') or 0)
-    if not 0 <= fraction <= 1:
-        raise DistillationError(
-            f'--on-policy-fraction is {fraction}: it must be in [0, 1]'
-        )
-    if fraction > 0 and float(opt.get('on_policy_temperature') or 1.0) <= 0:
-        raise DistillationError('--on-policy-temperature must be > 0')
-    if fraction > 0 and int(opt.get('on_policy_max_length') or 0) < 1:
-        raise DistillationError('--on-policy-max-length must be >= 1')
-
-
-def teacher_weights(opt: dict, count: int) -> list[float]:
-    """Normalised weights of ``count`` teachers (``--teacher-weights``, default equal)."""
-    raw = opt.get('teacher_weights')
-    if not raw:
-        return [1.0 / count] * count
-    try:
-        weights = [float(x) for x in str(raw).split(',')]
-    except ValueError:
-        raise DistillationError(
-            f'--teacher-weights {raw!r}: expected comma-separated numbers'
-        ) from None
-    if len(weights) != count or any(w < 0 for w in weights) or sum(weights) <= 0:
-        raise DistillationError(
-            f'--teacher-weights {raw!r}: give {count} non-negative weights, one per '
-            'teacher, not all zero'
-        )
-    return [w / sum(weights) for w in weights]
-
-
-def _check_taid(opt: dict) -> None:
-    """TAID's schedule: ``0 <= start <= end <= 1`` over a known number of steps."""
-    start = float(opt.get('taid_start') if opt.get('taid_start') is not None else 0.4)
-    end = float(opt.get('taid_end') if opt.get('taid_end') is not None else 1.0)
-    if not 0 <= start <= end <= 1:
-        raise DistillationError(
-            f'--taid-start {start} and --taid-end {end}: need 0 <= start <= end <= 1'
-        )
-    if taid_steps(opt) <= 0:
-        raise DistillationError(
-            '--pred-loss-type taid needs the length of its schedule: set '
-            '--taid-steps N (or --max-train-steps N)'
-        )

@@ -24,7 +24,13 @@ from ..loss_terms import (
 )
 from .capture import LOGITS, CapturePoint
 from .objectives import objective
-from .schedules import InterpolationSchedule, Schedule, annealed_temperature, scheduled
+from .schedules import (
+    InterpolationSchedule,
+    Schedule,
+    annealed_temperature,
+    handed_over_share,
+    scheduled,
+)
 
 # Which tokens or pairs a pair is measured on: hidden states of 'encoder' or
 # 'decoder' tokens; scores/relations of 'encoder' self-attention, 'decoder'
@@ -113,7 +119,9 @@ class DistillPlan:
     current training step. ``projections`` maps a projection name to
     ``(in_width, out_width)``; ``intermediate_steps`` (two-step distillation)
     keeps only intermediate terms before that step and only the task and final
-    terms from it on (0: off). ``cloned`` lists, per model (``'student'``,
+    terms from it on (0: off); ``handover_steps`` hands over from the teacher to
+    the labels: every term's weight is multiplied by
+    ``max(0, 1 - step / handover_steps)`` (0: off). ``cloned`` lists, per model (``'student'``,
     ``'teacher'``), the points captured as copies (see :mod:`.capture`).
     """
 
@@ -123,6 +131,7 @@ class DistillPlan:
     temperature_max: float | None = None
     temperature_anneal_steps: int = 0
     intermediate_steps: int = 0
+    handover_steps: int = 0
     terms: tuple[DistillTerm, ...] = ()
     projections: dict[str, tuple[int, int]] = field(default_factory=dict)
     interpolation: InterpolationSchedule | None = None
@@ -175,9 +184,12 @@ class DistillPlan:
                 else scheduled(self.task_schedule, step, self.task_coeff)
             )
         }
+        handover = handed_over_share(step, self.handover_steps)
         for term in self.terms:
             out[term.metric] = (
-                0.0 if stage not in (None, term.stage) else term.weight(step)
+                0.0
+                if stage not in (None, term.stage)
+                else term.weight(step) * (1.0 - handover)
             )
         return out
 
@@ -336,6 +348,7 @@ def plan_from_options(
         temperature_max=float(temperature_max) if temperature_max else None,
         temperature_anneal_steps=int(opt.get('temperature_anneal_steps') or 0),
         intermediate_steps=int(opt.get('intermediate_steps') or 0),
+        handover_steps=int(opt.get('handover_steps') or 0),
     )
     hidden_kind = opt.get(HIDDEN_KINDS.dest) or HIDDEN_KINDS.default
     attention_kind = opt.get(ATTENTION_KINDS.dest) or ATTENTION_KINDS.default

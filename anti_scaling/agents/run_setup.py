@@ -31,15 +31,14 @@ from ..parallel.teacher_placement import (
 from ..zoo.recipes import Recipe, apply_recipe, recipe_teacher_mismatches
 from .config import read_config, terms_from_config
 from .encoder_sharing import check_shared_encoder
-from .layer_maps import resolve_layer_maps
-from .options import (
-    check_required,
+from .inheritance import (
     inherit_teacher_options,
     restore_checkpoint_options,
     stack_layers,
-    teacher_paths,
-    teacher_weights,
 )
+from .layer_maps import resolve_layer_maps
+from .option_checks import check_required, teacher_weights
+from .options import teacher_paths
 from .plan import DistillPlan, plan_from_options
 from .recipe_files import resolve_recipe
 from .student import check_attention_heads, check_wide_student

@@ -43,6 +43,17 @@ def annealed_temperature(
     return start + (final - start) * progress
 
 
+def handed_over_share(step: int, steps: int) -> float:
+    """How far the hand-over from teacher to labels is at ``step``: ``min(1, s / N)``.
+
+    ``--handover-steps N``: the distillation terms are weighted by ``1 -`` this
+    share, so from step ``N`` on the student learns from the labels alone (0: off).
+    """
+    if steps <= 0:
+        return 0.0
+    return min(1.0, max(0, step) / steps)
+
+
 @dataclass
 class InterpolationSchedule:
     """TAID's interpolation ``t`` (Shing et al. 2025), from ``start`` towards ``end``.

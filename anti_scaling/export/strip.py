@@ -70,10 +70,18 @@ def strip_states(states: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     names = stripped.pop(OPTIMIZER_PARAM_NAMES, None)
     if 'optimizer' in stripped and isinstance(stripped['optimizer'], dict):
         optimizer = stripped['optimizer']
+        count = sum(len(g['params']) for g in optimizer.get('param_groups', []))
+        if names is not None and count != len(names):
+            # ParlAI's SafeFP16Optimizer (--fp16 true) keeps one flattened float32
+            # copy of all parameters: the projections' slots cannot be cut out of
+            # it, so the optimizer state goes (the weights are all a plain model
+            # needs; fine-tuning it starts a fresh optimizer).
+            del stripped['optimizer']
+            stripped.pop('optimizer_type', None)
+            return stripped, removed
         if names is None:
             # Projections are registered after the model is built, so they are the
             # optimizer's last parameters.
-            count = sum(len(g['params']) for g in optimizer.get('param_groups', []))
             names = [f'param{i}' for i in range(count - len(removed))] + removed
         stripped['optimizer'] = strip_optimizer_state(optimizer, names, set(removed))
     return stripped, removed
