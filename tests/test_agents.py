@@ -60,7 +60,7 @@ def _assert_distilled(model_file, valid, metrics=ALL_METRICS):
 
 
 def test_narrow_transformer_design_command(teacher_file, datapath, tmp_path):
-    """The DESIGN.md command, as written (--init-opt, --dict-file), every term on."""
+    """The README's workflow command, as written (--init-opt, --dict-file), every term on."""
     model_file = str(tmp_path / 'student' / 'model')
     valid, _ = train(
         datapath,

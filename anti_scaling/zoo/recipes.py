@@ -10,7 +10,7 @@ states them (``notes``).
 The two recipes reproduce the shapes of ParlAI's released BlenderBot
 distillations of the 2.7B-parameter BlenderBot (``zoo:blender/blender_3B/model``:
 width 2560, FFN 10240, 32 heads, 2 encoder / 24 decoder layers, as in the
-fine-tuning command of ParlAI's ``projects/recipes/README.md``):
+fine-tuning command ParlAI published for it; each recipe's ``sources`` say where):
 
 - ``blender_1Bdistill``: wide (``DistillTransformerAgent``), 2 encoder / 12
   decoder layers of width 2560, ~1.4B parameters (ParlAI model list:
