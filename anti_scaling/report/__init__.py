@@ -10,4 +10,9 @@ Split by job:
 - :mod:`.build`: :func:`~.build.build_report`, which runs them in order.
 
 The command line is :mod:`anti_scaling.scripts.distill_report`.
+
+Memory, computed from the shapes (``anti_scaling.scripts.memory_estimate``):
+:mod:`.memory` (a ParlAI training step), :mod:`.memory_terms` (the distillation
+terms), :mod:`.memory_recipes` (a recipe's per-rank figures and peak) and
+:mod:`.memory_table` (their Markdown tables).
 """

@@ -15,13 +15,17 @@ contexts truncated to ``--text-truncate`` tokens, replies to
 and prints the ratio a/b (target: at most 1.15 for a student of about a quarter
 of the teacher's compute). It then runs (a) and (b) each in a fresh process and
 prints their peak resident memory: the teacher must add no gradients, optimizer
-state or retained activations. Teacher and students have random weights: speed
-and memory do not depend on what the weights are.
+state or retained activations. Each runs twice, in float32 and in bfloat16
+(``torch.autocast('cpu', dtype=torch.bfloat16)`` around the whole step; the
+weights, gradients and optimizer states stay float32, the loss terms compute in
+float32): both peaks and their ratio are printed. Teacher and students have
+random weights: speed and memory do not depend on what the weights are.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -255,21 +259,37 @@ def _high_water_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def peak_memory(workdir: str, cfg: argparse.Namespace, mode: str) -> dict:
-    """Run ``mode`` ('distill' or 'baseline') steps in this process; peak RSS in MB."""
+#: Precisions of the memory runs: float32, and bfloat16 autocast on the CPU.
+MEMORY_DTYPES = ('float32', 'bf16')
+
+
+def _precision(dtype: str):  # noqa: ANN202
+    """The context a step runs in: bfloat16 autocast, or nothing for float32."""
+    if dtype == 'bf16':
+        return torch.autocast('cpu', dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def peak_memory(
+    workdir: str, cfg: argparse.Namespace, mode: str, dtype: str = 'float32'
+) -> dict:
+    """Run ``mode`` ('distill' or 'baseline') steps in this process, each inside
+    :func:`_precision` of ``dtype``; peak RSS in MB."""
     distill, plain, teacher_model = build_agents(workdir, cfg, which=mode)
     batches = load_batches(workdir, cfg.memory_steps)
     gc.collect()
     setup = _high_water_mb()
     for batch in batches:
-        if mode == 'distill':
-            distill_step(distill, batch)
-        else:
-            baseline_step(plain, teacher_model, batch)
+        with _precision(dtype):
+            if mode == 'distill':
+                distill_step(distill, batch)
+            else:
+                baseline_step(plain, teacher_model, batch)
     return {'setup_mb': setup, 'peak_mb': _high_water_mb()}
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The benchmark's options (also those of the memory runs it starts)."""
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--steps', type=int, default=20)
     parser.add_argument('--warmup', type=int, default=3)
@@ -291,13 +311,20 @@ def main(argv: list[str] | None = None) -> int:
         'to other processes sharing the machine)',
     )
     parser.add_argument('--memory-mode', choices=['distill', 'baseline'], default=None)
+    parser.add_argument('--memory-dtype', choices=MEMORY_DTYPES, default='float32')
     parser.add_argument('--workdir', default=None, help=argparse.SUPPRESS)
     parser.add_argument('--skip-memory', action='store_true')
-    cfg = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = build_parser().parse_args(argv)
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(0)
     if cfg.memory_mode:
-        print(json.dumps(peak_memory(cfg.workdir, cfg, cfg.memory_mode)))
+        print(
+            json.dumps(peak_memory(cfg.workdir, cfg, cfg.memory_mode, cfg.memory_dtype))
+        )
         return 0
     with tempfile.TemporaryDirectory() as workdir:
         prepare(workdir, cfg)
@@ -335,23 +362,34 @@ def run(workdir: str, cfg: argparse.Namespace, argv: list[str]) -> int:
     if cfg.skip_memory:
         return 0
     rows = {}
-    for mode in ('baseline', 'distill'):
-        out = subprocess.run(
-            [sys.executable, '-m', 'anti_scaling.scripts.benchmark_step', *argv]
-            + ['--memory-mode', mode, '--workdir', workdir],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        rows[mode] = json.loads(out.stdout.strip().splitlines()[-1])
-    base, dist = rows['baseline'], rows['distill']
-    print(
-        f"peak memory (fresh process each, {cfg.memory_steps} steps): "
-        f"(b) {base['peak_mb']:.0f} MB, (a) {dist['peak_mb']:.0f} MB, "
-        f"ratio {dist['peak_mb'] / base['peak_mb']:.3f} "
-        f"(after set-up: {base['setup_mb']:.0f} / {dist['setup_mb']:.0f} MB)"
-    )
+    for dtype in MEMORY_DTYPES:
+        for mode in ('baseline', 'distill'):
+            out = subprocess.run(
+                [sys.executable, '-m', 'anti_scaling.scripts.benchmark_step', *argv]
+                + ['--memory-mode', mode, '--memory-dtype', dtype]
+                + ['--workdir', workdir],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            rows[mode, dtype] = json.loads(out.stdout.strip().splitlines()[-1])
+    print_memory(rows, cfg.memory_steps)
     return 0
+
+
+def print_memory(rows: dict, steps: int) -> None:
+    """Peak memory of (a) and (b) in float32 and bf16, and the ratios."""
+    print(f'peak memory (fresh process each, {steps} steps; after set-up in brackets):')
+    for mode, label in (('baseline', '(b)'), ('distill', '(a)')):
+        f32, b16 = rows[mode, 'float32'], rows[mode, 'bf16']
+        print(
+            f"  {label} float32 {f32['peak_mb']:.0f} MB ({f32['setup_mb']:.0f}), "
+            f"bf16 autocast {b16['peak_mb']:.0f} MB ({b16['setup_mb']:.0f}), "
+            f"ratio bf16/float32 {b16['peak_mb'] / f32['peak_mb']:.3f}"
+        )
+    for dtype in MEMORY_DTYPES:
+        a, b = rows['distill', dtype]['peak_mb'], rows['baseline', dtype]['peak_mb']
+        print(f'  ratio a/b in {dtype}: {a / b:.3f}')
 
 
 if __name__ == '__main__':
