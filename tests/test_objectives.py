@@ -622,3 +622,107 @@ def test_relation_kl_zero_when_equal_and_errors():
         L.relation_kl(x[:, :2], x, valid, relation_heads=3)
     with pytest.raises(ValueError, match='positive'):
         L.relation_kl(x, x, valid, relation_heads=0)
+
+
+# --------------------------------------------------------------------------
+# DistiLLM's skew divergences and TAID's interpolated target
+# --------------------------------------------------------------------------
+
+
+def skewed_reference(kind, alpha, temp):
+    """Per-example (totals, counts) of the skew divergences, from the formulas."""
+
+    def token(s_row, t_row):
+        q = softmax([x / temp for x in s_row])
+        p = softmax([x / temp for x in t_row])
+        if kind == 'skew_kl':  # KL(p || a p + (1 - a) q)
+            m = [alpha * a + (1 - alpha) * b for a, b in zip(p, q)]
+            return temp**2 * kl(p, m)
+        m = [alpha * b + (1 - alpha) * a for a, b in zip(p, q)]  # a q + (1 - a) p
+        return temp**2 * kl(q, m)
+
+    return per_example(
+        [
+            [token(S_LOGITS[b][i], T_LOGITS[b][i]) for i in range(3) if MASK[b][i]]
+            for b in range(2)
+        ]
+    )
+
+
+@pytest.mark.parametrize('alpha', [0.1, 0.5])
+@pytest.mark.parametrize('temp', [1.0, 2.0])
+@pytest.mark.parametrize('kind', ['skew_kl', 'skew_reverse_kl'])
+def test_skew_divergences_match_hand_values(kind, temp, alpha):
+    s, t, m = tensors()
+    fn = L.skew_kl if kind == 'skew_kl' else L.skew_reverse_kl
+    check(fn(s, t, m, temp, alpha=alpha), *skewed_reference(kind, alpha, temp))
+    # bounded by T^2 log(1 / alpha), whatever the distributions
+    assert float(
+        fn(s, t, m, temp, alpha=alpha).total.max()
+    ) <= 3 * temp**2 * math.log(1 / alpha)
+
+
+def test_skew_alpha_zero_is_the_plain_divergence():
+    s, t, m = tensors()
+    check(L.skew_kl(s, t, m, 2.0, alpha=0.0), *reference('kl', temp=2.0))
+    check(
+        L.skew_reverse_kl(s, t, m, 2.0, alpha=0.0), *reference('reverse_kl', temp=2.0)
+    )
+    with pytest.raises(ValueError, match='skew alpha'):
+        L.skew_kl(s, t, m, alpha=1.0)
+
+
+@pytest.mark.parametrize('interpolation', [0.0, 0.4, 1.0])
+def test_interpolated_target_matches_hand_values(interpolation):
+    temp = 2.0
+
+    def token(s_row, t_row):
+        mixed = [
+            (1 - interpolation) * a + interpolation * b for a, b in zip(s_row, t_row)
+        ]
+        target = softmax([x / temp for x in mixed])
+        q = softmax([x / temp for x in s_row])
+        return temp**2 * kl(target, q)
+
+    totals, counts = per_example(
+        [
+            [token(S_LOGITS[b][i], T_LOGITS[b][i]) for i in range(3) if MASK[b][i]]
+            for b in range(2)
+        ]
+    )
+    s, t, m = tensors()
+    s.requires_grad_(True)
+    result = L.interpolated_kl(s, t, m, temp, interpolation=interpolation)
+    check(result, totals, counts)
+    result.mean().backward()
+    if interpolation == 0.0:  # the target is the student itself: nothing to learn
+        assert float(s.grad.abs().max()) < 1e-6
+    if interpolation == 1.0:  # the forward KL, gradient included
+        s2 = s.detach().clone().requires_grad_(True)
+        L.prediction_kl(s2, t, m, temp).mean().backward()
+        assert torch.allclose(s.grad, s2.grad, atol=1e-7)
+
+
+def test_taid_schedule_is_linear_then_adaptive_by_hand():
+    from anti_scaling.agents.schedules import InterpolationSchedule
+
+    linear = InterpolationSchedule(start=0.4, end=1.0, steps=10, adaptive=False)
+    assert [linear.value(s) for s in (0, 5, 10, 50)] == pytest.approx(
+        [0.4, 0.7, 1.0, 1.0]
+    )
+    sched = InterpolationSchedule(
+        start=0.4, end=1.0, steps=1000, rate=0.1, momentum=0.5
+    )
+    sched.update(0, 2.0)  # first value: only the linear floor moves it
+    assert sched.value(1) == pytest.approx(0.4 + 0.6 / 1000)
+    sched.update(1, 1.0)  # the objective halved: delta 0.5, m = 0.25
+    t = 0.4 + 0.6 / 1000
+    expected = t + 0.1 * (1 / (1 + math.exp(-0.25))) * (1 - t)
+    assert sched.value(2) == pytest.approx(expected)
+    sched.update(1, 0.5)  # a second batch of the same step does not count
+    assert sched.value(2) == pytest.approx(expected)
+    restored = InterpolationSchedule(
+        start=0.4, end=1.0, steps=1000, rate=0.1, momentum=0.5
+    )
+    restored.load_state_dict(sched.state_dict())
+    assert restored.value(2) == sched.value(2)
