@@ -33,9 +33,18 @@ class ScratchBartAgent(BartAgent):
 
 
 def train(datapath: str, **kwargs: Any) -> tuple[dict, dict]:
-    """Run `parlai train_model` in-process; returns the (valid, test) reports."""
+    """Run `parlai train_model` in-process; returns the (valid, test) reports.
+
+    Seeded first: ParlAI seeds only after it has built the model, so its initial
+    weights would otherwise depend on what ran before in the process.
+    """
+    import random
+
+    import torch
     from parlai.scripts.train_model import TrainModel
 
+    random.seed(0)
+    torch.manual_seed(0)
     options = {**TRAIN_DEFAULTS, 'datapath': datapath, **kwargs}
     return TrainModel.main(**options)
 

@@ -3,9 +3,12 @@
 Split by job:
 
 - :mod:`.models`: check the inputs and load every model with ParlAI;
+- :mod:`.task_options`: the task's options, parsed by ParlAI's parser;
 - :mod:`.evaluation`: the test examples, ParlAI's teacher-forced metrics
   (perplexity, token accuracy), teacher agreement, F1 and BLEU;
 - :mod:`.timing`: generation, timed on CPU, interleaved across models;
+- :mod:`.margins`: each distilled student against a same-shape baseline: the
+  teacher's margin, the student's gain, a warning when the margin is small;
 - :mod:`.writing`: the JSON, the Markdown table and the plot;
 - :mod:`.build`: :func:`~.build.build_report`, which runs them in order.
 

@@ -22,12 +22,13 @@ from .evaluation import (
     teacher_forced,
     text_metrics,
 )
+from .margins import report_pairs
 from .models import Model, check_inputs, load_models
 from .quantize import SCHEMES, with_int8_copies
 from .timing import decoding_options, time_generation
 from .writing import check_output, write_report
 
-ARCH_KEYS = ('embedding_size', 'ffn_size', 'n_heads')
+ARCH_KEYS = ('embedding_size', 'ffn_size', 'n_heads', 'variant')
 SAMPLES = 3
 
 
@@ -80,9 +81,12 @@ def _check_baselines(s: ReportSettings, labels: list[str]) -> None:
 
 
 def _architecture(model: Model) -> dict:
+    from parlai.agents.bart.bart import BartAgent
+
     opt = model.agent.opt
     arch = {
         'model': opt.get('model'),
+        'family': 'bart' if isinstance(model.agent, BartAgent) else 'transformer',
         'n_encoder_layers': len(model.agent.model.encoder.layers),
         'n_decoder_layers': len(model.agent.model.decoder.layers),
     }
@@ -240,9 +244,12 @@ def build_report(s: ReportSettings) -> dict:
     with tolerant_byte_level_decoding():
         generations, options = _generate(s, models, examples)
     greedy = generations['greedy']
+    rows = _rows(models, forced, generations, examples, s.baselines)
     report = {
         'settings': _settings(s, models, len(examples), options),
-        'models': _rows(models, forced, generations, examples, s.baselines),
+        'models': rows,
+        # Each distilled student against the baseline of its shape (--baselines).
+        'baselines': report_pairs(rows) if s.baselines else None,
         'samples': [
             {
                 'context_end': ' '.join(ex.context.split()[-30:]),

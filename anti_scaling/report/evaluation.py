@@ -18,10 +18,10 @@ from parlai.core.agents import create_agent_from_shared
 from parlai.core.message import Message
 from parlai.core.metrics import TeacherMetrics, normalize_answer
 from parlai.core.opt import Opt
-from parlai.core.params import ParlaiParser
 from parlai.core.teachers import create_task_agent_from_taskname
 
 from ..errors import DistillationError, describe_exception
+from .task_options import task_opt
 
 #: ParlAI metrics of the teacher-forced pass kept in the report.
 FORCED_METRICS = ('loss', 'ppl', 'token_acc', 'token_em')
@@ -48,15 +48,13 @@ class Example:
 
 
 def open_task(task: str, datatype: str, datapath: str, task_args: Sequence[str]):
-    """The task's first ParlAI teacher, or a one-line error if it cannot be built."""
-    argv = ['-t', task, '-dt', datatype, '-dp', datapath, *task_args]
+    """The task's first ParlAI teacher, or a one-line error if it cannot be built.
+
+    ``task_args`` are the task's options (:func:`~.task_options.task_opt`).
+    """
+    opt = task_opt(task, datatype, datapath, task_args)
     try:
-        opt = ParlaiParser(True, False).parse_args(argv)
         return create_task_agent_from_taskname(opt)[0]
-    except SystemExit:
-        raise DistillationError(
-            f'bad task arguments for -t {task}: {" ".join(task_args)}'
-        ) from None
     except Exception as e:
         raise DistillationError(
             f'unknown or unusable task -t {task}: {describe_exception(e)}'

@@ -12,6 +12,7 @@ from typing import Any
 
 from ..errors import DistillationError
 from ..fileio import atomic_path, atomic_write
+from .margins import markdown_lines
 
 FILES = {'json': 'report.json', 'markdown': 'report.md', 'plot': 'quality_vs_speed.png'}
 
@@ -110,7 +111,30 @@ def markdown(report: dict) -> str:
             + ' |'
         )
     lines.append('')
+    if report.get('baselines'):
+        lines += _baseline_section(report['baselines'], decodings)
     return '\n'.join(lines)
+
+
+def _baseline_section(baselines: dict, decodings: list[str]) -> list[str]:
+    """Each distilled student against the baseline of its shape."""
+    lines = ['## Distilled students against same-shape baselines', '']
+    if baselines['pairs']:
+        lines += markdown_lines(baselines['pairs'], decodings)
+    else:
+        lines.append('No distilled student has the shape of a baseline.')
+    unpaired = [
+        ('Students with no baseline of their shape', baselines['unpaired_students']),
+        (
+            'Baselines with no distilled student of their shape',
+            baselines['unpaired_baselines'],
+        ),
+    ]
+    for title, labels in unpaired:
+        if labels:
+            lines += ['', f"{title}: {', '.join(labels)}."]
+    lines.append('')
+    return lines
 
 
 #: How each role is drawn in the plot, and named in its legend.

@@ -3,7 +3,7 @@
     python -m anti_scaling.scripts.distill_report --teacher T --students A B ... \\
         --out DIR -t TASK [-dp DP] [--num-examples N] [--batchsize B] \\
         [--beam-size K] [--labels NAME ...] [--baselines NAME ...] [--overwrite] \\
-        [--quantize int8] [-- TASK OPTIONS]
+        [--quantize int8] [TASK OPTIONS]
 
 Evaluates every model (teacher included) on the same first ``N`` examples of
 the task's test split and writes ``DIR/report.json`` (every figure and the
@@ -18,12 +18,21 @@ models or unstripped distillation students; they must use the teacher's
 dictionary. ``--baselines`` names the students (by label) trained without a
 teacher: the plot draws them apart. ``--quantize int8`` adds, after each
 model, a copy with its linear layers dynamically quantised to int8, evaluated
-and timed like the others (rows labelled ``'<label> int8'``). Options after
-``--`` go to the task (e.g. ``--chitchat-max-turns 8``).
+and timed like the others (rows labelled ``'<label> int8'``). With
+``--baselines``, each distilled student is paired with the baseline of its
+shape: the report states the teacher's margin over that baseline, the
+student's gain over it and the share of the gap it closed, and warns when the
+margin is small (:mod:`anti_scaling.report.margins`).
+
+Every other option goes to the task, as in ``parlai eval_model``: e.g.
+``-t jsonfile --jsonfile-datapath FILE.jsonl``, ``-t fromfile:parlaiformat
+--fromfile-datapath FILE``, ``--chitchat-max-turns 8`` (ParlAI's main options
+and those the task declares; the older form puts them after ``--``). ``-dt`` and
+``-bs`` are this script's ``--datatype`` and ``--batchsize``.
 
 Bad input (a missing model file, a student with another dictionary, an unknown
-task, an existing report without ``--overwrite``) stops with one line before
-any evaluation.
+task or task option, an existing report without ``--overwrite``) stops with one
+line before any evaluation.
 """
 
 from __future__ import annotations
@@ -44,6 +53,9 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog='python -m anti_scaling.scripts.distill_report',
         description='Quality against generation speed for a teacher and students.',
+        epilog='Any other option goes to the task, as in parlai eval_model '
+        '(e.g. -t jsonfile --jsonfile-datapath FILE.jsonl).',
+        allow_abbrev=False,
     )
     p.add_argument('--teacher', required=True, help='the teacher model file')
     p.add_argument('--students', nargs='+', required=True, help='student model files')
@@ -55,11 +67,13 @@ def parser() -> argparse.ArgumentParser:
         default=DEFAULT_DATAPATH,
         help=f"ParlAI's data folder (default {DEFAULT_DATAPATH})",
     )
-    p.add_argument('--datatype', default='test', help='split (default test)')
+    p.add_argument('-dt', '--datatype', default='test', help='split (default test)')
     p.add_argument(
         '--num-examples', type=int, default=200, help='first N examples (200)'
     )
-    p.add_argument('--batchsize', type=int, default=1, help='generation batch size (1)')
+    p.add_argument(
+        '-bs', '--batchsize', type=int, default=1, help='generation batch size (1)'
+    )
     p.add_argument(
         '--eval-batchsize',
         type=int,
@@ -101,14 +115,13 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the report; 0 on success, 2 (one line on stderr) on bad input."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    task_args: list[str] = []
-    if '--' in argv:
-        cut = argv.index('--')
-        argv, task_args = argv[:cut], argv[cut + 1 :]
-    args = parser().parse_args(argv)
+    from ..report.task_options import split_task_args
+
+    args, task_args = split_task_args(parser(), argv)
     import parlai.utils.logging as parlai_logging
 
     from ..report.build import ReportSettings, build_report
+    from ..report.margins import summary_line
 
     if not args.verbose:
         parlai_logging.set_log_level(parlai_logging.ERROR)
@@ -132,8 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         overwrite=args.overwrite,
         progress=not args.quiet,
         quantize=args.quantize,
-        command='python -m anti_scaling.scripts.distill_report '
-        + shlex.join(argv + (['--', *task_args] if task_args else [])),
+        command='python -m anti_scaling.scripts.distill_report ' + shlex.join(argv),
     )
     try:
         report = build_report(settings)
@@ -147,6 +159,10 @@ def main(argv: list[str] | None = None) -> int:
             f"F1 {g['f1']:.4f}, greedy {g['mean_s_per_reply']:.4f} s/reply "
             f"(x{g['speedup']:.2f})"
         )
+    for p in (report['baselines'] or {}).get('pairs', []):
+        print(summary_line(p))
+        if p['warning']:
+            print(p['warning'])
     print(f'report written to {args.out}')
     return 0
 

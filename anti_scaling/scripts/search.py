@@ -3,7 +3,8 @@
     python -m anti_scaling.scripts.search --teacher T -t TASK --out DIR --trials N \\
         [--storage URL] [--study-name NAME] [--space FILE] [--param NAME=SPEC ...] \\
         [--sampler tpe|nsga2] [--steps 200] [--valid-every 50] \\
-        [--train-args "-lr 1e-3 ..."] [--target-speedup 5] [-- TASK OPTIONS]
+        [--train-args "-lr 1e-3 ..."] [--target-speedup 5] \\
+        [--train-baselines chosen|front] [TASK OPTIONS]
 
 Each trial distils one student of the space through ParlAI for ``--steps``
 steps, validates it every ``--valid-every`` steps (pruning hopeless ones), and
@@ -13,8 +14,12 @@ distillation report measures it. optuna searches the two objectives (TPE or
 NSGA-II). The study lives in ``DIR/study.db`` (or ``--storage``); the same
 command resumes it, and several processes with the same ``--storage`` and
 ``--study-name`` share it. Outputs in ``DIR``: ``trials.json``,
-``pareto.md``, ``pareto.png`` and ``recipes/``. Options after ``--`` go to the
-task (training and evaluation). See docs/search.md.
+``pareto.md``, ``pareto.png`` and ``recipes/``. ``--train-baselines`` then
+trains, for the chosen trial or every front trial, a student of the same shape
+without a teacher (same budget, flags and seed) and states the teacher's margin
+over it. Every other option goes to the task (training and evaluation), as in
+ParlAI's scripts (e.g. ``-t jsonfile --jsonfile-datapath FILE.jsonl``; or after
+``--``). See docs/search.md.
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog='python -m anti_scaling.scripts.search',
         description='Search student shapes and losses by distilled quality and speed.',
+        epilog='Any other option goes to the task, as in parlai train_model '
+        '(e.g. -t jsonfile --jsonfile-datapath FILE.jsonl).',
+        allow_abbrev=False,
     )
     p.add_argument('--teacher', required=True, help='the teacher model file')
     p.add_argument('-t', '--task', required=True, help='ParlAI task')
@@ -107,6 +115,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         '--target-speedup', type=float, default=None, help='choose a front point'
     )
+    p.add_argument(
+        '--train-baselines',
+        choices=['chosen', 'front'],
+        default=None,
+        help='after the trials, train a no-teacher baseline of the same shape and '
+        'budget for the chosen trial (needs --target-speedup) or every front trial, '
+        "and state the teacher's margin over it",
+    )
     p.add_argument('--keep-models', action='store_true', help="keep trials' models")
     p.add_argument('--timeout', type=float, default=None, help='stop after N seconds')
     p.add_argument('--quiet', action='store_true', help='no progress bar')
@@ -117,11 +133,9 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the search; 0 when done, 2 (one line on stderr) on bad input, 130 if stopped."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    task_args: list[str] = []
-    if '--' in argv:
-        cut = argv.index('--')
-        argv, task_args = argv[:cut], argv[cut + 1 :]
-    args = parser().parse_args(argv)
+    from ..report.task_options import split_task_args
+
+    args, task_args = split_task_args(parser(), argv)
     try:
         import optuna  # noqa: F401
     except ImportError:
@@ -170,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         threads=args.threads,
         full_steps=args.full_steps,
         target_speedup=args.target_speedup,
+        train_baselines=args.train_baselines,
         keep_models=args.keep_models,
         timeout=args.timeout,
         progress=not args.quiet,

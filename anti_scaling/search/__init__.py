@@ -8,6 +8,8 @@
 - :mod:`.commands`: its ``parlai train_model`` commands and recipe file;
 - :mod:`.trial`: one trial (flash distillation in process, pruning, measurement);
 - :mod:`.measure`: quality and speed against the teacher, as the report measures;
+- :mod:`.baselines`: no-teacher students of the chosen shapes, and the
+  teacher's margin over them;
 - :mod:`.prune`: the pruning rule of a two-objective study, and its cost proxy;
 - :mod:`.settings`: the command's settings and what a study fixes;
 - :mod:`.study`: storage, study (created or resumed), the run;

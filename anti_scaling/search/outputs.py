@@ -23,6 +23,13 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ..errors import DistillationError
 from ..fileio import atomic_path, atomic_write
+from .baselines import (
+    baseline_candidate,
+    comparison,
+    family_of,
+    shape_name,
+    stored_baselines,
+)
 from .candidate import candidate_from_data
 from .commands import full_budget, full_command, recipe_data
 from .pareto import markdown, plot
@@ -116,23 +123,34 @@ def search_data(study: optuna.Study, s: SearchSettings) -> dict[str, Any]:
         counts[t.state.name.lower()] += 1
     recipes, commands = {}, {}
     teacher = study.user_attrs.get('teacher', {})
+    baselines = stored_baselines(study)
     for t in front:
         student = candidate_from_data(t.user_attrs['candidate'])
         key = str(t.number)
         recipes[key] = recipe_path(s.out, t.number)
-        args = (
-            student,
+        common = (
             stored.get('teacher', s.teacher),
             stored.get('task', s.task),
             s.datapath,
             stored.get('train_args', []),
             stored.get('task_args', []),
-            os.path.join(s.out, 'students', f'trial-{t.number:04d}', 'model'),
-            full_budget(s.full_steps, s.quality_examples),
         )
+        budget = full_budget(s.full_steps, s.quality_examples)
+        students = os.path.join(s.out, 'students')
+        model = os.path.join(students, f'trial-{t.number:04d}', 'model')
+        baseline = baseline_candidate(student, family_of(student))
         commands[key] = {
-            'with_recipe': full_command(*args, recipe_file=recipes[key]),
-            'written_out': full_command(*args),
+            'with_recipe': full_command(
+                student, *common, model, budget, recipe_file=recipes[key]
+            ),
+            'written_out': full_command(student, *common, model, budget),
+            # The no-teacher student of the same shape, on the same budget.
+            'baseline': full_command(
+                baseline,
+                *common,
+                os.path.join(students, f'baseline-{t.number:04d}', 'model'),
+                budget,
+            ),
         }
     return _clean(
         {
@@ -154,9 +172,25 @@ def search_data(study: optuna.Study, s: SearchSettings) -> dict[str, Any]:
             'target_speedup': s.target_speedup,
             'recipes': recipes,
             'commands': commands,
-            'trials': [trial_data(t) for t in trials],
+            'baselines': baselines,
+            'trials': [
+                _with_baseline(trial_data(t), baselines, teacher) for t in trials
+            ],
         }
     )
+
+
+def _with_baseline(data: dict, baselines: dict, teacher: dict) -> dict:
+    """A completed trial's record, with its figures against a baseline of its shape."""
+    if data['state'] != 'complete' or not data['student']:
+        return data
+    record = baselines.get(shape_name(data['student']['shape']))
+    if record is not None:
+        data['baseline'] = {
+            'shape': record['shape'],
+            **comparison(data['number'], data['metrics'], record, teacher),
+        }
+    return data
 
 
 def write_recipes(s: SearchSettings, data: dict) -> None:

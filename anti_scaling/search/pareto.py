@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..report.margins import markdown_lines
 from .candidate import candidate_from_data
 
 
@@ -93,6 +94,7 @@ def markdown(data: dict) -> str:
             )
         )
         lines.append('')
+    lines += _baseline_section(data)
     lines += [
         '## Training the front students in full',
         '',
@@ -117,8 +119,37 @@ def markdown(data: dict) -> str:
             commands['written_out'],
             '```',
             '',
+            'Its no-teacher baseline (same shape and budget, every distillation '
+            'coefficient 0, trained from scratch), to compare at the end:',
+            '',
+            '```',
+            commands['baseline'],
+            '```',
+            '',
         ]
     return '\n'.join(lines)
+
+
+def _baseline_section(data: dict) -> list[str]:
+    """The front trials against a no-teacher student of their shape (if trained)."""
+    by_number = {t['number']: t for t in data['trials']}
+    pairs = [
+        by_number[n]['baseline'] for n in data['front'] if 'baseline' in by_number[n]
+    ]
+    if not pairs:
+        return []
+    s = data['settings']
+    return [
+        '## Against a no-teacher baseline of the same shape',
+        '',
+        f"Each baseline is a student of the trial's shape trained without a teacher "
+        f"(from scratch, every distillation coefficient 0) for the same {s.get('steps')} "
+        'steps, with the same flags and seed, and measured the same way. Token accuracy '
+        'and perplexity on the quality examples, F1 of greedy replies on the timed ones.',
+        '',
+        *markdown_lines(pairs, ['greedy']),
+        '',
+    ]
 
 
 def plot(data: dict, path: str) -> None:

@@ -11,6 +11,8 @@ from ..errors import DistillationError
 QUALITY_METRICS = {'token_acc': 'maximize', 'ppl': 'minimize'}
 SPEED_METRICS = {'per_reply': 'speedup', 'per_token': 'speedup_per_token'}
 SAMPLERS = ('tpe', 'nsga2')
+#: Which front trials get a no-teacher baseline of their shape (``--train-baselines``).
+BASELINE_CHOICES = ('chosen', 'front')
 DEFAULT_STUDY = 'search'
 #: Flags the search sets on every trial itself (the budget and validation).
 BUDGET_FLAGS = (
@@ -74,6 +76,7 @@ class SearchSettings:
     threads: int | None = None
     full_steps: int = 10000
     target_speedup: float | None = None
+    train_baselines: str | None = None
     keep_models: bool = False
     timeout: float | None = None
     progress: bool = True
@@ -130,6 +133,15 @@ def check_settings(s: SearchSettings) -> None:
         raise DistillationError(f'--sampler must be one of {", ".join(SAMPLERS)}')
     if s.population < 2 and s.sampler == 'nsga2':
         raise DistillationError('--population must be >= 2 for NSGA-II')
+    if s.train_baselines is not None and s.train_baselines not in BASELINE_CHOICES:
+        raise DistillationError(
+            f'--train-baselines must be one of {", ".join(BASELINE_CHOICES)}'
+        )
+    if s.train_baselines == 'chosen' and s.target_speedup is None:
+        raise DistillationError(
+            '--train-baselines chosen needs --target-speedup (which chooses the '
+            'front trial); or use --train-baselines front'
+        )
     budget = [a for a in s.train_args if a.split('=')[0] in BUDGET_FLAGS]
     if budget:
         raise DistillationError(

@@ -28,10 +28,17 @@ from tqdm import tqdm
 from ..errors import DistillationError, describe_exception
 from ..model_files import plain_model_name
 from ..report.models import check_model_file
+from .baselines import train_missing_baselines, trials_needing_baselines
 from .checks import check_space
 from .commands import default_train_args
 from .measure import TeacherReference, load_teacher, prepare_reference
-from .outputs import check_outputs_belong, summary_line, write_outputs
+from .outputs import (
+    check_outputs_belong,
+    choose,
+    pareto_front,
+    summary_line,
+    write_outputs,
+)
 from .prune import PruneRule
 from .settings import SearchSettings, check_settings, safe_url, study_fingerprint
 from .space import (
@@ -247,8 +254,9 @@ def run_search(search: Search, echo: Callable[[str], None] = print) -> dict[str,
     if done >= s.trials:
         echo(
             f'study {s.study_name!r} already has {done} finished trials '
-            f'(--trials {s.trials}): nothing to run'
+            f'(--trials {s.trials}): no trial to run'
         )
+        run_baselines(search, echo)
         return write_outputs(study, s)
     failures = [0]
     bar = tqdm(
@@ -287,4 +295,38 @@ def run_search(search: Search, echo: Callable[[str], None] = print) -> dict[str,
     finally:
         bar.close()
         paths = write_outputs(study, s)
+    if count_finished(study) >= s.trials:
+        run_baselines(search, write)
+        paths = write_outputs(study, s)
     return paths
+
+
+def run_baselines(search: Search, echo: Callable[[str], None]) -> None:
+    """``--train-baselines``: the no-teacher baselines of the chosen/front trials."""
+    s, study = search.settings, search.study
+    if not s.train_baselines:
+        return
+    front = pareto_front(study)
+    maximize = study.user_attrs.get('settings', {}).get('quality', s.quality) != 'ppl'
+    chosen = choose(front, s.target_speedup, maximize)
+    trials = trials_needing_baselines(front, chosen, s.train_baselines)
+    if not trials:
+        echo(
+            f'--train-baselines {s.train_baselines}: no baseline trained ('
+            + (
+                f'no front trial is {s.target_speedup:g}x faster'
+                if front
+                else 'no trial has completed'
+            )
+            + ')'
+        )
+        return
+    train_missing_baselines(
+        study,
+        trials,
+        s,
+        search.reference,
+        search.runner.train_args,
+        echo,
+        lambda: write_outputs(study, s),
+    )

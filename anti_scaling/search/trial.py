@@ -213,17 +213,34 @@ class TrialRunner:
                 trial.set_user_attr('pruned', {'step': step, 'reason': reason})
                 raise optuna.TrialPruned(reason)
 
-        start = time.perf_counter()
-        with parlai_log_to(os.path.join(trial_dir, 'train.log'), s.verbose):
-            agent = train_student(argv, on_validation)
-            plain = save_plain(agent, trial_dir)
-            del agent
-            gc.collect()
-            trained = time.perf_counter()
-            figures = measure_student(plain, ref)
-        figures['train_seconds'] = trained - start
-        figures['measure_seconds'] = time.perf_counter() - trained
+        figures = train_and_measure(argv, trial_dir, ref, on_validation, s)
         trial.set_user_attr('metrics', figures)
-        if not s.keep_models:
-            remove_models(trial_dir)
         return float(figures[s.quality]), float(figures[s.speed_metric])
+
+
+def train_and_measure(
+    argv: list[str],
+    folder: str,
+    ref: TeacherReference,
+    on_validation: Callable[[int, dict], None],
+    s: SearchSettings,
+) -> dict[str, Any]:
+    """Train ``parlai train_model argv`` here, measure the result against the teacher.
+
+    ParlAI's log goes to ``folder/train.log``; the models are deleted
+    afterwards unless ``--keep-models``. Returns :func:`~.measure.measure_student`'s
+    figures, with the training and measuring seconds.
+    """
+    start = time.perf_counter()
+    with parlai_log_to(os.path.join(folder, 'train.log'), s.verbose):
+        agent = train_student(argv, on_validation)
+        plain = save_plain(agent, folder)
+        del agent
+        gc.collect()
+        trained = time.perf_counter()
+        figures = measure_student(plain, ref)
+    figures['train_seconds'] = trained - start
+    figures['measure_seconds'] = time.perf_counter() - trained
+    if not s.keep_models:
+        remove_models(folder)
+    return figures
