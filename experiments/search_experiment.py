@@ -117,6 +117,7 @@ def step_search(args: argparse.Namespace, runner: Runner, layout: Layout) -> Non
         str(args.search_steps), '--valid-every', str(args.search_steps // 3),
         '--threads', '1', '--space', space, '--target-speedup', '5', '--seed', '0',
         '--train-args', '--warmup-updates 50', '--keep-models',
+        '--train-baselines', 'chosen',
     ]  # fmt: skip
     runner.step('search', argv)
 
