@@ -17,7 +17,6 @@ from parlai.core.teachers import create_task_agent_from_taskname
 
 from anti_scaling.tasks.chatterbot import agents as chatterbot_agents
 from anti_scaling.tasks.chatterbot.data import (
-    SPLIT_PERCENT,
     conversation_turns,
     corpus_dir,
     corpus_files,
@@ -25,9 +24,9 @@ from anti_scaling.tasks.chatterbot.data import (
     read_file,
     select_conversations,
     split_key,
-    split_of,
     split_statistics,
 )
+from anti_scaling.tasks.episodes import SPLIT_PERCENT, split_of
 
 torch.set_num_threads(1)
 
@@ -227,6 +226,7 @@ def test_splits_same_in_other_processes():
     code = (
         'import json\n'
         'from anti_scaling.tasks.chatterbot.data import *\n'
+        'from anti_scaling.tasks.episodes import SPLIT_PERCENT\n'
         'turns = load_turns()\n'
         'print(json.dumps({s: select_conversations(turns, s) for s in SPLIT_PERCENT}))\n'
     )

@@ -16,12 +16,14 @@ from parlai.core.teachers import create_task_agent_from_taskname
 
 from anti_scaling.tasks.chitchat import agents as chitchat_agents
 from anti_scaling.tasks.chitchat.data import (
-    SPLIT_PERCENT,
-    build_episodes,
     conversation_turns,
-    count_episodes,
     load_turns,
     select_conversations,
+)
+from anti_scaling.tasks.episodes import (
+    SPLIT_PERCENT,
+    build_episodes,
+    count_episodes,
     split_of,
 )
 
@@ -179,6 +181,7 @@ def test_splits_same_in_other_processes():
     code = (
         'import json\n'
         'from anti_scaling.tasks.chitchat.data import *\n'
+        'from anti_scaling.tasks.episodes import split_of\n'
         'turns = load_turns()\n'
         'print(json.dumps({"splits": {c: split_of(c) for c in list(turns)[:300]},'
         ' "valid": select_conversations(turns, "valid", 20)}))\n'

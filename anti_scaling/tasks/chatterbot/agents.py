@@ -43,19 +43,13 @@ conversations of the split (in a fixed order that mixes the topics).
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Iterator
+from collections.abc import Mapping, Sequence
 
-from parlai.core.opt import Opt
-from parlai.core.params import ParlaiParser
-from parlai.core.teachers import DialogTeacher
-from parlai.utils.data import DatatypeHelper
-
-from ..chitchat.data import DEFAULT_DELIMITER
-from .data import build_episodes, count_episodes, load_turns, select_conversations
+from ..corpus_teacher import PackagedCorpusTeacher
+from .data import load_turns, select_conversations
 
 
-class ChatterbotTeacher(DialogTeacher):
+class ChatterbotTeacher(PackagedCorpusTeacher):
     """Multi-turn episodes of the ChatterBot English corpus, both sides.
 
     Reads ``opt['datatype']`` (its fold picks the split),
@@ -63,77 +57,20 @@ class ChatterbotTeacher(DialogTeacher):
     ``opt['delimiter']``. Raises ``ValueError`` on a negative count.
     """
 
-    @classmethod
-    def add_cmdline_args(
-        cls, parser: ParlaiParser, partial_opt: Opt | None = None
-    ) -> ParlaiParser:
-        """Add ``--chatterbot-max-conversations``."""
-        super().add_cmdline_args(parser, partial_opt)
-        group = parser.add_argument_group('ChatterBot corpus')
-        group.add_argument(
-            '--chatterbot-max-conversations',
-            type=int,
-            default=0,
-            help='Use only the first N conversations of the split, in a fixed '
-            'order that mixes the topics (0: all). Deterministic; for quick runs.',
-        )
-        return parser
+    task_name = 'chatterbot'
+    corpus_source = 'chatterbot_corpus'
+    options_title = 'ChatterBot corpus'
+    max_conversations_help = (
+        'Use only the first N conversations of the split, in a fixed '
+        'order that mixes the topics (0: all). Deterministic; for quick runs.'
+    )
 
-    def __init__(self, opt: Opt, shared: dict | None = None) -> None:
-        opt = copy.deepcopy(opt)
-        self.id = 'chatterbot'
-        self.fold = DatatypeHelper.fold(opt['datatype'])
-        self.max_conversations = int(opt.get('chatterbot_max_conversations') or 0)
-        if self.max_conversations < 0:
-            raise ValueError(
-                '--chatterbot-max-conversations must be >= 0 (0: all), '
-                f'got {self.max_conversations}'
-            )
-        self.delimiter = opt.get('delimiter') or DEFAULT_DELIMITER
-        # DialogTeacher requires a datafile. This one names the data and is never
-        # opened; train:stream never writes '<datafile>.lengths' because
-        # num_episodes/num_examples are computed here.
-        opt['datafile'] = f'chatterbot_corpus:{self.fold}'
-        turns = load_turns()
-        if shared and 'chatterbot_ids' in shared:
-            self.conversation_ids: list[str] = shared['chatterbot_ids']
-        else:
-            self.conversation_ids = select_conversations(
-                turns, self.fold, self.max_conversations
-            )
-        self._counts = count_episodes(len(turns[c]) for c in self.conversation_ids)
-        super().__init__(opt, shared)
+    #: Which conversations of a split the teacher uses, and their order.
+    select_conversations = staticmethod(select_conversations)
 
-    def setup_data(self, datafile: str) -> Iterator[tuple[tuple[str, str], bool]]:
-        """Yield ``((text, label), new_episode)`` for every example of the split.
-
-        Conversations in the order of :attr:`conversation_ids`; each one's
-        episodes as :func:`~anti_scaling.tasks.chitchat.data.build_episodes`
-        gives them. ``datafile`` is ignored (the data comes from the package).
-        """
-        turns = load_turns()
-        for cid in self.conversation_ids:
-            for episode in build_episodes(turns[cid], self.delimiter):
-                for i, (text, label) in enumerate(episode):
-                    yield (text, label), i == 0
-
-    def share(self) -> dict:
-        """Share the selected conversation ids with copies (batch workers)."""
-        shared = super().share()
-        shared['chatterbot_ids'] = self.conversation_ids
-        return shared
-
-    def num_episodes(self) -> int:
-        """Episodes in the split (all of them, also when streaming)."""
-        if self.stream:
-            return self._counts[0]
-        return super().num_episodes()
-
-    def num_examples(self) -> int:
-        """Examples in the split (all of them, also when streaming)."""
-        if self.stream:
-            return self._counts[1]
-        return super().num_examples()
+    def corpus_turns(self) -> Mapping[str, Sequence[str]]:
+        """The distinct well-formed conversations of the package's English files."""
+        return load_turns()
 
 
 class DefaultTeacher(ChatterbotTeacher):

@@ -20,14 +20,14 @@ Pure Python (no ParlAI import), so every rule of the task can be tested on its o
 * **Ids.** ``<file name without .yml>/<position in the file>``, e.g.
   ``greetings/3``: stable for one version of the package.
 * **Splits.** By the *opening turn*: a conversation belongs to ``train``,
-  ``valid`` or ``test`` by :func:`~anti_scaling.tasks.chitchat.data.split_of`
+  ``valid`` or ``test`` by :func:`~anti_scaling.tasks.episodes.split_of`
   (the SHA-256 rule of the chitchat task, 90/5/5) of its first turn in lower
   case. The corpus is mostly one question and one answer, often the same
   question with several answers (``Hello`` -> ``Hi`` / ``Hi, how are you?``);
   keying on the opening keeps every answer to one opening in one split, so no
   valid or test conversation opens with a turn that opens a train conversation.
 * **Episodes.** As in the chitchat task
-  (:func:`~anti_scaling.tasks.chitchat.data.build_episodes`): the model plays
+  (:func:`~anti_scaling.tasks.episodes.build_episodes`): the model plays
   each side once, every turn after the first is a label exactly once.
 """
 
@@ -41,20 +41,16 @@ import types
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..chitchat.data import SPLIT_PERCENT, build_episodes, count_episodes, split_of
+from ..episodes import collapse_whitespace, conversations_in_split, count_episodes
 
 __all__ = [
-    'SPLIT_PERCENT',
-    'build_episodes',
     'conversation_turns',
     'corpus_dir',
     'corpus_files',
-    'count_episodes',
     'load_turns',
     'read_file',
     'select_conversations',
     'split_key',
-    'split_of',
     'split_statistics',
 ]
 
@@ -77,7 +73,7 @@ def conversation_turns(statements: Any) -> tuple[str, ...] | None:
         isinstance(s, str) for s in statements
     ):
         return None
-    turns = tuple(' '.join(s.split()) for s in statements)
+    turns = tuple(collapse_whitespace(s) for s in statements)
     return turns if all(turns) else None
 
 
@@ -157,21 +153,13 @@ def select_conversations(
     :return: the ids of ``split`` with at least 2 turns, ordered by the SHA-256
         of the id (a fixed shuffle of the topics), cut to ``max_conversations``.
     """
-    if split not in SPLIT_PERCENT:
-        raise ValueError(
-            f'unknown split {split!r}; expected one of {list(SPLIT_PERCENT)}'
-        )
-    if max_conversations < 0:
-        raise ValueError(f'max_conversations must be >= 0, got {max_conversations}')
-    ids = sorted(
-        (
-            cid
-            for cid, turns in turns_by_id.items()
-            if len(turns) >= 2 and split_of(split_key(turns)) == split
-        ),
-        key=_order_key,
+    return conversations_in_split(
+        turns_by_id,
+        split,
+        max_conversations,
+        lambda cid, turns: split_key(turns),
+        order_key=_order_key,
     )
-    return ids[:max_conversations] if max_conversations else ids
 
 
 def split_statistics(

@@ -53,24 +53,16 @@ conversation.
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Iterator
+import argparse
+from collections.abc import Mapping, Sequence
 
 from parlai.core.opt import Opt
-from parlai.core.params import ParlaiParser
-from parlai.core.teachers import DialogTeacher
-from parlai.utils.data import DatatypeHelper
 
-from .data import (
-    DEFAULT_DELIMITER,
-    build_episodes,
-    count_episodes,
-    load_turns,
-    select_conversations,
-)
+from ..corpus_teacher import PackagedCorpusTeacher
+from .data import load_turns, select_conversations
 
 
-class ChitchatTeacher(DialogTeacher):
+class ChitchatTeacher(PackagedCorpusTeacher):
     """Multi-turn episodes of the Chit Chat Challenge dataset, both sides.
 
     Reads ``opt['datatype']`` (its fold picks the split),
@@ -79,20 +71,17 @@ class ChitchatTeacher(DialogTeacher):
     negative count or ``--chitchat-max-turns 1``.
     """
 
+    task_name = 'chitchat'
+    corpus_source = 'chitchat_dataset'
+    options_title = 'Chitchat dataset'
+    max_conversations_help = (
+        'Use only the first N conversations of the split, in order of '
+        'their ids (0: all). Deterministic; for quick runs.'
+    )
+
     @classmethod
-    def add_cmdline_args(
-        cls, parser: ParlaiParser, partial_opt: Opt | None = None
-    ) -> ParlaiParser:
-        """Add ``--chitchat-max-conversations`` and ``--chitchat-max-turns``."""
-        super().add_cmdline_args(parser, partial_opt)
-        group = parser.add_argument_group('Chitchat dataset')
-        group.add_argument(
-            '--chitchat-max-conversations',
-            type=int,
-            default=0,
-            help='Use only the first N conversations of the split, in order of '
-            'their ids (0: all). Deterministic; for quick runs.',
-        )
+    def add_corpus_options(cls, group: argparse._ArgumentGroup) -> None:
+        """Add ``--chitchat-max-turns``."""
         group.add_argument(
             '--chitchat-max-turns',
             type=int,
@@ -100,70 +89,25 @@ class ChitchatTeacher(DialogTeacher):
             help='Use only the first K turns (runs of one speaker) of each '
             'conversation (0: all; otherwise at least 2).',
         )
-        return parser
 
-    def __init__(self, opt: Opt, shared: dict | None = None) -> None:
-        opt = copy.deepcopy(opt)
-        self.id = 'chitchat'
-        self.fold = DatatypeHelper.fold(opt['datatype'])
-        self.max_conversations = int(opt.get('chitchat_max_conversations') or 0)
+    def read_options(self, opt: Opt) -> None:
+        """Read ``--chitchat-max-conversations`` and ``--chitchat-max-turns``.
+
+        :raises ValueError: on a negative count or ``--chitchat-max-turns 1``.
+        """
+        super().read_options(opt)
         self.max_turns = int(opt.get('chitchat_max_turns') or 0)
-        if self.max_conversations < 0:
-            raise ValueError(
-                '--chitchat-max-conversations must be >= 0 (0: all), '
-                f'got {self.max_conversations}'
-            )
         if self.max_turns < 0 or self.max_turns == 1:
             raise ValueError(
                 f'--chitchat-max-turns must be 0 (all) or >= 2, got {self.max_turns}'
             )
-        self.delimiter = opt.get('delimiter') or DEFAULT_DELIMITER
-        # DialogTeacher requires a datafile. This one names the data and is never
-        # opened; in particular train:stream never writes '<datafile>.lengths'
-        # because num_episodes/num_examples are computed here.
-        opt['datafile'] = f'chitchat_dataset:{self.fold}'
-        if shared and 'chitchat_ids' in shared:
-            self.conversation_ids: list[str] = shared['chitchat_ids']
-        else:
-            self.conversation_ids = select_conversations(
-                load_turns(), self.fold, self.max_conversations
-            )
-        turns = load_turns()
-        self._counts = count_episodes(
-            (len(turns[cid]) for cid in self.conversation_ids), self.max_turns
-        )
-        super().__init__(opt, shared)
 
-    def setup_data(self, datafile: str) -> Iterator[tuple[tuple[str, str], bool]]:
-        """Yield ``((text, label), new_episode)`` for every example of the split.
+    #: Which conversations of a split the teacher uses, and their order.
+    select_conversations = staticmethod(select_conversations)
 
-        Conversations in the order of :attr:`conversation_ids`; each one's
-        episodes as :func:`~anti_scaling.tasks.chitchat.data.build_episodes`
-        gives them. ``datafile`` is ignored (the data comes from the package).
-        """
-        turns = load_turns()
-        for cid in self.conversation_ids:
-            for episode in build_episodes(turns[cid], self.delimiter, self.max_turns):
-                for i, (text, label) in enumerate(episode):
-                    yield (text, label), i == 0
-
-    def share(self) -> dict:
-        """Share the selected conversation ids with copies (batch workers)."""
-        shared = super().share()
-        shared['chitchat_ids'] = self.conversation_ids
-        return shared
-
-    def num_episodes(self) -> int:
-        """Episodes in the split (all of them, also when streaming)."""
-        if self.stream:
-            return self._counts[0]
-        return super().num_episodes()
-
-    def num_examples(self) -> int:
-        """Examples in the split (all of them, also when streaming)."""
-        if self.stream:
-            return self._counts[1]
-        return super().num_examples()
+    def corpus_turns(self) -> Mapping[str, Sequence[str]]:
+        """Every conversation of the package's ``dataset.json``."""
+        return load_turns()
 
 
 class DefaultTeacher(ChitchatTeacher):
