@@ -13,7 +13,8 @@ from helpers import train
 
 from anti_scaling.errors import DistillationError
 from anti_scaling.report import build
-from anti_scaling.report.task_options import split_task_args, task_opt
+from anti_scaling.report.task_options import task_opt
+from anti_scaling.scripts.command_line import split_task_args
 from anti_scaling.scripts.distill_report import main, parser
 
 NARROW = 'anti_scaling.distillation:DistillNarrowTransformerAgent'

@@ -4,37 +4,21 @@
 any option of that task (``-t jsonfile --jsonfile-datapath FILE``,
 ``-t fromfile:parlaiformat --fromfile-datapath FILE``,
 ``--chitchat-max-turns 8``...): whatever the script's own parser does not know
-is handed to ParlAI's parser, which knows ParlAI's main options and, through
-``add_task_args``, the options each task declares in its ``add_cmdline_args``.
-What neither knows is refused with one line naming it, before anything loads.
-Arguments after a ``--`` go to the task too (the older form).
+is handed to ParlAI's parser (the split:
+:func:`anti_scaling.scripts.command_line.split_task_args`), which knows ParlAI's
+main options and, through ``add_task_args``, the options each task declares in
+its ``add_cmdline_args``. What neither knows is refused with one line naming it,
+before anything loads. Arguments after a ``--`` go to the task too (the older form).
 """
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 
 from parlai.core.opt import Opt
 from parlai.core.params import ParlaiParser
 
 from ..errors import DistillationError, describe_exception
-
-
-def split_task_args(
-    parser: argparse.ArgumentParser, argv: Sequence[str]
-) -> tuple[argparse.Namespace, list[str]]:
-    """The script's own options, and every other argument (the task's), in order.
-
-    Everything after a ``--`` is the task's without being looked at.
-    """
-    argv = list(argv)
-    tail: list[str] = []
-    if '--' in argv:
-        cut = argv.index('--')
-        argv, tail = argv[:cut], argv[cut + 1 :]
-    args, rest = parser.parse_known_args(argv)
-    return args, rest + tail
 
 
 class _TaskOptionError(Exception):

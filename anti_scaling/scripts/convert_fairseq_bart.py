@@ -16,15 +16,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..errors import DistillationError, install_excepthook, print_error
+from ..errors import install_excepthook
 from ..fairseq_bart import DEFAULT_TOLERANCE, DICT_TOKENIZERS, convert_fairseq_bart
+from .command_line import exit_status, script_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of the script."""
-    parser = argparse.ArgumentParser(
-        prog='python -m anti_scaling.scripts.convert_fairseq_bart',
-        description='Convert a fairseq BART checkpoint (e.g. checkpoint_best.pt) '
+    parser = script_parser(
+        'convert_fairseq_bart',
+        'Convert a fairseq BART checkpoint (e.g. checkpoint_best.pt) '
         'into a ParlAI bart model (MODEL, MODEL.opt, MODEL.dict). No network is '
         'used.',
     )
@@ -75,19 +76,20 @@ def main(argv: list[str] | None = None) -> int:
     """Run the conversion; returns the exit status (2 for bad input)."""
     install_excepthook()
     args = build_parser().parse_args(argv)
-    try:
-        result = convert_fairseq_bart(
-            args.checkpoint,
-            args.dict_file,
-            args.output,
-            trust_checkpoint=args.trust_checkpoint,
-            dict_tokenizer=args.dict_tokenizer,
-            verify=args.verify,
-            force=args.force,
-        )
-    except DistillationError as e:
-        print_error(e)
-        return 2
+    return exit_status(lambda: _convert(args))
+
+
+def _convert(args: argparse.Namespace) -> int:
+    """Convert (and verify), then say what was written."""
+    result = convert_fairseq_bart(
+        args.checkpoint,
+        args.dict_file,
+        args.output,
+        trust_checkpoint=args.trust_checkpoint,
+        dict_tokenizer=args.dict_tokenizer,
+        verify=args.verify,
+        force=args.force,
+    )
     arch = result.arch
     checked = (
         f'; logits match fairseq within {result.max_abs_diff:.2g}'

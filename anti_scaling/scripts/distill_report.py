@@ -38,35 +38,37 @@ line before any evaluation.
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
-import tempfile
+from typing import TYPE_CHECKING
 
-from ..errors import DistillationError, print_error
+from .command_line import (
+    add_datapath_arg,
+    add_verbose_arg,
+    command_argv,
+    exit_status,
+    quiet_libraries,
+    script_parser,
+    settings_from,
+    split_task_args,
+)
 
-DEFAULT_DATAPATH = os.path.join(tempfile.gettempdir(), 'anti_scaling_parlai_data')
+if TYPE_CHECKING:
+    from ..report.build import ReportSettings
 
 
 def parser() -> argparse.ArgumentParser:
     """The command-line parser (documented in the module docstring)."""
-    p = argparse.ArgumentParser(
-        prog='python -m anti_scaling.scripts.distill_report',
-        description='Quality against generation speed for a teacher and students.',
-        epilog='Any other option goes to the task, as in parlai eval_model '
-        '(e.g. -t jsonfile --jsonfile-datapath FILE.jsonl).',
-        allow_abbrev=False,
+    p = script_parser(
+        'distill_report',
+        'Quality against generation speed for a teacher and students.',
+        task_parser='eval_model',
     )
     p.add_argument('--teacher', required=True, help='the teacher model file')
     p.add_argument('--students', nargs='+', required=True, help='student model files')
     p.add_argument('--out', required=True, help='folder of the report files')
     p.add_argument('-t', '--task', required=True, help='ParlAI task')
-    p.add_argument(
-        '-dp',
-        '--datapath',
-        default=DEFAULT_DATAPATH,
-        help=f"ParlAI's data folder (default {DEFAULT_DATAPATH})",
-    )
+    add_datapath_arg(p)
     p.add_argument('-dt', '--datatype', default='test', help='split (default test)')
     p.add_argument(
         '--num-examples', type=int, default=200, help='first N examples (200)'
@@ -108,50 +110,34 @@ def parser() -> argparse.ArgumentParser:
         help='add a dynamically quantised int8 copy of every model',
     )
     p.add_argument('--quiet', action='store_true', help='no progress bars')
-    p.add_argument('--verbose', action='store_true', help="show ParlAI's logging")
+    add_verbose_arg(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the report; 0 on success, 2 (one line on stderr) on bad input."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    from ..report.task_options import split_task_args
-
+    argv = command_argv(argv)
     args, task_args = split_task_args(parser(), argv)
-    import parlai.utils.logging as parlai_logging
-
-    from ..report.build import ReportSettings, build_report
-    from ..report.margins import summary_line
+    from ..report.build import ReportSettings
 
     if not args.verbose:
-        parlai_logging.set_log_level(parlai_logging.ERROR)
-
-    settings = ReportSettings(
-        teacher=args.teacher,
-        students=args.students,
-        out=args.out,
-        task=args.task,
-        datapath=args.datapath,
-        labels=args.labels,
-        baselines=args.baselines,
-        num_examples=args.num_examples,
-        batchsize=args.batchsize,
-        eval_batchsize=args.eval_batchsize,
-        beam_size=args.beam_size,
-        warmup=args.warmup,
-        datatype=args.datatype,
-        threads=args.threads,
+        quiet_libraries()
+    settings = settings_from(
+        ReportSettings,
+        args,
         task_args=task_args,
-        overwrite=args.overwrite,
         progress=not args.quiet,
-        quantize=args.quantize,
         command='python -m anti_scaling.scripts.distill_report ' + shlex.join(argv),
     )
-    try:
-        report = build_report(settings)
-    except DistillationError as e:
-        print_error(e)
-        return 2
+    return exit_status(lambda: _report(settings))
+
+
+def _report(settings: ReportSettings) -> int:
+    """Build the report and print its summary lines."""
+    from ..report.build import build_report
+    from ..report.margins import summary_line
+
+    report = build_report(settings)
     for m in report['models']:
         g = m['generation']['greedy']
         print(
@@ -163,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         print(summary_line(p))
         if p['warning']:
             print(p['warning'])
-    print(f'report written to {args.out}')
+    print(f'report written to {settings.out}')
     return 0
 
 

@@ -24,15 +24,25 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..errors import DistillationError, install_excepthook, print_error
-from .distill_report import DEFAULT_DATAPATH
+from ..errors import install_excepthook
+from .command_line import (
+    add_datapath_arg,
+    add_verbose_arg,
+    command_argv,
+    exit_status,
+    quiet_libraries,
+    script_parser,
+    split_at_double_dash,
+)
+
+#: ``--verbose``'s help, also import_hf's.
+VERBOSE_HELP = "show ParlAI's and transformers' logging"
 
 
 def parser() -> argparse.ArgumentParser:
     """The command-line parser (documented in the module docstring)."""
-    p = argparse.ArgumentParser(
-        prog='python -m anti_scaling.scripts.export_hf',
-        description='Write a ParlAI generator as a Hugging Face transformers folder.',
+    p = script_parser(
+        'export_hf', 'Write a ParlAI generator as a Hugging Face transformers folder.'
     )
     p.add_argument(
         'model_file', help='the ParlAI model file (MODEL, MODEL.opt, MODEL.dict)'
@@ -45,12 +55,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         '--quantize', choices=['int8'], default=None, help='also write an int8 copy'
     )
-    p.add_argument(
-        '-dp',
-        '--datapath',
-        default=DEFAULT_DATAPATH,
-        help=f"ParlAI's data folder (default {DEFAULT_DATAPATH})",
-    )
+    add_datapath_arg(p)
     p.add_argument(
         '--verify-task', default='anti_scaling.tasks.chitchat', help='task of --verify'
     )
@@ -58,53 +63,38 @@ def parser() -> argparse.ArgumentParser:
         '--verify-examples', type=int, default=50, help='examples of --verify (50)'
     )
     p.add_argument('--verify-datatype', default='test', help='split of --verify (test)')
-    p.add_argument(
-        '--verbose', action='store_true', help="show ParlAI's and transformers' logging"
-    )
+    add_verbose_arg(p, help=VERBOSE_HELP)
     return p
-
-
-def quiet_libraries() -> None:
-    """Silence ParlAI's info logging and transformers' progress bars."""
-    import parlai.utils.logging as parlai_logging
-    import transformers
-
-    parlai_logging.set_log_level(parlai_logging.ERROR)
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the export; 0 on success, 2 (one line on stderr) on bad input."""
     install_excepthook()
-    argv = list(sys.argv[1:] if argv is None else argv)
-    task_args: list[str] = []
-    if '--' in argv:
-        cut = argv.index('--')
-        argv, task_args = argv[:cut], argv[cut + 1 :]
+    argv, task_args = split_at_double_dash(command_argv(argv))
     args = parser().parse_args(argv)
     if not args.verbose:
-        quiet_libraries()
+        quiet_libraries(transformers=True)
+    return exit_status(lambda: _export(args, task_args))
+
+
+def _export(args: argparse.Namespace, task_args: list[str]) -> int:
+    """Export (and verify), then say what was written and what the check found."""
     from ..export.hf.to_hf import export_to_hf
 
-    try:
-        result = export_to_hf(
-            args.model_file,
-            args.out_dir,
-            args.datapath,
-            overwrite=args.overwrite,
-            verify=args.verify,
-            quantize=args.quantize,
-            verify_options={
-                'task': args.verify_task,
-                'examples': args.verify_examples,
-                'datatype': args.verify_datatype,
-                'task_args': task_args,
-            },
-        )
-    except DistillationError as e:
-        print_error(e)
-        return 2
+    result = export_to_hf(
+        args.model_file,
+        args.out_dir,
+        args.datapath,
+        overwrite=args.overwrite,
+        verify=args.verify,
+        quantize=args.quantize,
+        verify_options={
+            'task': args.verify_task,
+            'examples': args.verify_examples,
+            'datatype': args.verify_datatype,
+            'task_args': task_args,
+        },
+    )
     print(f'{args.out_dir}: {result.architecture} ({", ".join(result.files)})')
     v = result.verification
     if v:

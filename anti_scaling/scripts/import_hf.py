@@ -16,17 +16,21 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..errors import DistillationError, install_excepthook, print_error
-from .distill_report import DEFAULT_DATAPATH
-from .export_hf import quiet_libraries
+from ..errors import install_excepthook
+from .command_line import (
+    add_datapath_arg,
+    add_verbose_arg,
+    exit_status,
+    quiet_libraries,
+    script_parser,
+)
+from .export_hf import VERBOSE_HELP
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the import; 0 on success, 2 (one line on stderr) on bad input."""
-    install_excepthook()
-    p = argparse.ArgumentParser(
-        prog='python -m anti_scaling.scripts.import_hf',
-        description='Write a local transformers seq2seq folder as a ParlAI model.',
+def parser() -> argparse.ArgumentParser:
+    """The command-line parser (documented in the module docstring)."""
+    p = script_parser(
+        'import_hf', 'Write a local transformers seq2seq folder as a ParlAI model.'
     )
     p.add_argument(
         'hf_dir', help='the transformers folder (config.json, weights, tokenizer)'
@@ -35,24 +39,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         '--overwrite', action='store_true', help='replace an existing OUT_MODEL'
     )
-    p.add_argument(
-        '-dp', '--datapath', default=DEFAULT_DATAPATH, help="ParlAI's data folder"
-    )
-    p.add_argument(
-        '--verbose', action='store_true', help="show ParlAI's and transformers' logging"
-    )
-    args = p.parse_args(argv)
+    add_datapath_arg(p)
+    add_verbose_arg(p, help=VERBOSE_HELP)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the import; 0 on success, 2 (one line on stderr) on bad input."""
+    install_excepthook()
+    args = parser().parse_args(argv)
     if not args.verbose:
-        quiet_libraries()
+        quiet_libraries(transformers=True)
+    return exit_status(lambda: _import(args))
+
+
+def _import(args: argparse.Namespace) -> int:
+    """Import the folder and say how to load the model."""
     from ..export.hf.from_hf import import_from_hf
 
-    try:
-        result = import_from_hf(
-            args.hf_dir, args.out_model, args.datapath, args.overwrite
-        )
-    except DistillationError as e:
-        print_error(e)
-        return 2
+    result = import_from_hf(args.hf_dir, args.out_model, args.datapath, args.overwrite)
     print(
         f'{result.model_file}: load it with -m {result.model} -mf {result.model_file} '
         f'(dictionary: {result.dict_tokenizer}'

@@ -14,20 +14,18 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..errors import DistillationError, install_excepthook, print_error
+from ..errors import DistillationError, install_excepthook
 from ..report.memory import StepBatch
 from ..report.memory_recipes import Setting
 from ..report.memory_table import recipe_table, variants_table
+from .command_line import exit_status, script_parser
 
 RECIPES = ('blender_400Mdistill', 'blender_1Bdistill')
 
 
 def main(argv: list[str] | None = None) -> int:
     install_excepthook()
-    parser = argparse.ArgumentParser(
-        prog='python -m anti_scaling.scripts.memory_estimate',
-        description=__doc__.split('\n\n')[0],
-    )
+    parser = script_parser('memory_estimate', __doc__.split('\n\n')[0])
     parser.add_argument('--recipe', nargs='+', default=list(RECIPES), choices=RECIPES)
     parser.add_argument('--batchsize', '-bs', type=int, default=16, help='per rank')
     parser.add_argument('--text-truncate', type=int, default=128)
@@ -42,25 +40,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--device', choices=['cuda', 'cpu'], default='cuda')
     parser.add_argument('--top-k', type=int, default=32, help='of the teacher cache')
     args = parser.parse_args(argv)
-    try:
-        if min(args.batchsize, args.text_truncate, args.label_truncate, args.top_k) < 1:
-            raise DistillationError(
-                'the batch size, lengths and --top-k must be at least 1'
-            )
-        batch = StepBatch(args.batchsize, args.text_truncate, args.label_truncate)
-        settings = [
-            Setting(batch=batch, mode=mode, device=args.device, top_k=args.top_k)
-            for mode in args.fp16_impl
-        ]
-        for name in args.recipe:
-            print(recipe_table(name, settings))
-            print()
-            print(variants_table(name, settings))
-            print()
-    except DistillationError as err:
-        print_error(err)
-        return 1
-    return 0
+    return exit_status(lambda: _print_tables(args), bad_input=1)
+
+
+def _print_tables(args: argparse.Namespace) -> None:
+    """Print each recipe's tables for the settings of the command line."""
+    if min(args.batchsize, args.text_truncate, args.label_truncate, args.top_k) < 1:
+        raise DistillationError(
+            'the batch size, lengths and --top-k must be at least 1'
+        )
+    batch = StepBatch(args.batchsize, args.text_truncate, args.label_truncate)
+    settings = [
+        Setting(batch=batch, mode=mode, device=args.device, top_k=args.top_k)
+        for mode in args.fp16_impl
+    ]
+    for name in args.recipe:
+        print(recipe_table(name, settings))
+        print()
+        print(variants_table(name, settings))
+        print()
 
 
 if __name__ == '__main__':

@@ -13,8 +13,9 @@ import sys
 
 from parlai.core.script import ParlaiScript
 
-from ..errors import DistillationError, install_excepthook, print_error
+from ..errors import install_excepthook
 from ..parallel.launch import launch_and_train, setup_args
+from .command_line import exit_status
 
 
 class MultiProcessTrain(ParlaiScript):
@@ -30,12 +31,11 @@ class MultiProcessTrain(ParlaiScript):
 
 def main(*args: str) -> int:
     install_excepthook()
-    try:
+
+    def train() -> None:  # the reports are in ParlAI's log
         MultiProcessTrain.main(*args)
-    except DistillationError as e:
-        print_error(e)
-        return 2
-    return 0
+
+    return exit_status(train)
 
 
 if __name__ == '__main__':

@@ -13,15 +13,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..errors import DistillationError, install_excepthook, print_error
+from ..errors import install_excepthook
 from ..export.strip import BACKUP_SUFFIX, remove_projection_matrices
+from .command_line import exit_status, script_parser
 
 
 def main(argv: list[str] | None = None) -> int:
     install_excepthook()
-    parser = argparse.ArgumentParser(
-        prog='python -m anti_scaling.scripts.remove_projection_matrices',
-        description='Remove the training-only projection matrices of a narrow '
+    parser = script_parser(
+        'remove_projection_matrices',
+        'Remove the training-only projection matrices of a narrow '
         'student and make it a plain ParlAI transformer/generator or bart model.',
     )
     parser.add_argument('model_file', help='the student model file (MODEL, MODEL.opt)')
@@ -43,13 +44,14 @@ def main(argv: list[str] | None = None) -> int:
         help='for a wide student (no projections): only rewrite its .opt',
     )
     args = parser.parse_args(argv)
-    try:
-        result = remove_projection_matrices(
-            args.model_file, args.output, args.backup, args.opt_only
-        )
-    except DistillationError as e:
-        print_error(e)
-        return 2
+    return exit_status(lambda: _strip(args))
+
+
+def _strip(args: argparse.Namespace) -> int:
+    """Strip the model and say how to load it."""
+    result = remove_projection_matrices(
+        args.model_file, args.output, args.backup, args.opt_only
+    )
     print(
         f'{result.model_file}: removed {len(result.removed)} projection tensors; '
         f'load it with -m {result.model} -mf {result.model_file}'

@@ -28,18 +28,25 @@ import argparse
 import shlex
 import sys
 
-from ..errors import DistillationError, print_error
-from .distill_report import DEFAULT_DATAPATH
+from ..errors import DistillationError
+from .command_line import (
+    add_datapath_arg,
+    add_verbose_arg,
+    command_argv,
+    exit_status,
+    quiet_libraries,
+    script_parser,
+    settings_from,
+    split_task_args,
+)
 
 
 def parser() -> argparse.ArgumentParser:
     """The command-line parser (documented in the module docstring and docs/search.md)."""
-    p = argparse.ArgumentParser(
-        prog='python -m anti_scaling.scripts.search',
-        description='Search student shapes and losses by distilled quality and speed.',
-        epilog='Any other option goes to the task, as in parlai train_model '
-        '(e.g. -t jsonfile --jsonfile-datapath FILE.jsonl).',
-        allow_abbrev=False,
+    p = script_parser(
+        'search',
+        'Search student shapes and losses by distilled quality and speed.',
+        task_parser='train_model',
     )
     p.add_argument('--teacher', required=True, help='the teacher model file')
     p.add_argument('-t', '--task', required=True, help='ParlAI task')
@@ -102,12 +109,7 @@ def parser() -> argparse.ArgumentParser:
         help='extra parlai train_model flags for every trial, as one string '
         "(default: the teacher's optimiser flags)",
     )
-    p.add_argument(
-        '-dp',
-        '--datapath',
-        default=DEFAULT_DATAPATH,
-        help=f"ParlAI's data folder (default {DEFAULT_DATAPATH})",
-    )
+    add_datapath_arg(p)
     p.add_argument('--threads', type=int, default=None, help='torch threads')
     p.add_argument(
         '--full-steps', type=int, default=10000, help='budget of the full commands'
@@ -126,75 +128,42 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument('--keep-models', action='store_true', help="keep trials' models")
     p.add_argument('--timeout', type=float, default=None, help='stop after N seconds')
     p.add_argument('--quiet', action='store_true', help='no progress bar')
-    p.add_argument('--verbose', action='store_true', help="ParlAI's and optuna's logs")
+    add_verbose_arg(p, help="ParlAI's and optuna's logs")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the search; 0 when done, 2 (one line on stderr) on bad input, 130 if stopped."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    from ..report.task_options import split_task_args
+    args, task_args = split_task_args(parser(), command_argv(argv))
+    return exit_status(lambda: _search(args, task_args))
 
-    args, task_args = split_task_args(parser(), argv)
+
+def _search(args: argparse.Namespace, task_args: list[str]) -> int:
+    """Prepare the study (bad input stops here), run it and say what it wrote."""
     try:
         import optuna  # noqa: F401
     except ImportError:
-        print_error(
-            DistillationError(
-                "the search needs optuna: pip install 'anti-scaling[search]' "
-                '(or pip install -c constraints.txt optuna)'
-            )
-        )
-        return 2
-    import parlai.utils.logging as parlai_logging
-
+        raise DistillationError(
+            "the search needs optuna: pip install 'anti-scaling[search]' "
+            '(or pip install -c constraints.txt optuna)'
+        ) from None
     from ..search.settings import SearchSettings, safe_url
     from ..search.study import prepare_search, run_search
 
     if not args.verbose:
-        parlai_logging.set_log_level(parlai_logging.ERROR)
-    settings = SearchSettings(
-        teacher=args.teacher,
-        task=args.task,
-        out=args.out,
-        trials=args.trials,
-        datapath=args.datapath,
-        storage=args.storage,
-        study_name=args.study_name,
+        quiet_libraries()
+    settings = settings_from(
+        SearchSettings,
+        args,
         space_file=args.space,
         params=args.param,
-        sampler=args.sampler,
         sampler_seed=args.seed,
-        startup_trials=args.startup_trials,
-        population=args.population,
-        steps=args.steps,
-        valid_every=args.valid_every,
-        valid_examples=args.valid_examples,
-        quality_examples=args.quality_examples,
-        timing_examples=args.timing_examples,
-        eval_batchsize=args.eval_batchsize,
-        warmup=args.warmup,
-        quality=args.quality,
-        speed=args.speed,
         prune=not args.no_prune,
-        prune_margin=args.prune_margin,
-        prune_min_trials=args.prune_min_trials,
         train_args=shlex.split(args.train_args),
         task_args=task_args,
-        threads=args.threads,
-        full_steps=args.full_steps,
-        target_speedup=args.target_speedup,
-        train_baselines=args.train_baselines,
-        keep_models=args.keep_models,
-        timeout=args.timeout,
         progress=not args.quiet,
-        verbose=args.verbose,
     )
-    try:
-        search = prepare_search(settings)
-    except DistillationError as e:
-        print_error(e)
-        return 2
+    search = prepare_search(settings)
     done = 'resuming' if search.resumed else 'new'
     print(
         f'{done} study {settings.study_name!r} in {safe_url(settings.storage_url)}: '

@@ -18,7 +18,7 @@ import argparse
 import json
 import sys
 
-from ..errors import DistillationError, print_error
+from ..scripts.command_line import add_datapath_arg, exit_status
 from .manifest import ENV_MANIFEST, ENV_MIRROR, format_size, load_catalog
 from .recipes import RECIPES
 
@@ -34,9 +34,8 @@ def _add_common(parser: argparse.ArgumentParser, datapath: bool = True) -> None:
         help=f'a user manifest adding models (repeatable; also ${ENV_MANIFEST})',
     )
     if datapath:
-        parser.add_argument(
-            '-dp',
-            '--datapath',
+        add_datapath_arg(
+            parser,
             default=None,
             help="ParlAI's data directory (default: $PARLAI_DATAPATH or ParlAI's)",
         )
@@ -222,11 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         'publish': _publish,
         'verify': _verify,
     }
-    try:
-        return commands[args.command](args)
-    except DistillationError as e:
-        print_error(e)
-        return 2
+    return exit_status(lambda: commands[args.command](args))
 
 
 if __name__ == '__main__':
