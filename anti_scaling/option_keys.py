@@ -7,6 +7,16 @@ published model forgets the paths of the machine it was trained on.
 
 from __future__ import annotations
 
+#: Distillation options that name files or teachers: never part of a recipe,
+#: never varied by a search.
+TEACHER_AND_FILE_KEYS = (
+    'teacher_model',
+    'recipe',
+    'teacher_cache',
+    'distill_config',
+    'teacher_weights',
+    'intermediate_teacher',
+)
 #: The layer sizes a student may choose (a recipe's shape).
 SHAPE_KEYS = (
     'n_encoder_layers',

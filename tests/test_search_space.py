@@ -14,6 +14,7 @@ from anti_scaling.search.candidate import sample_candidate
 from anti_scaling.search.checks import check_space
 from anti_scaling.search.commands import default_train_args, trial_argv
 from anti_scaling.search.prune import PruneRule, Reference, prune_reason, reply_cost
+from anti_scaling.search.settings import SearchSettings
 from anti_scaling.search.space import (
     ParamSpec,
     TeacherShape,
@@ -305,17 +306,17 @@ def test_trial_command_parses_as_parlai_reads_it(flags, kinds, teacher_file, dat
         'enc_dec_attn_loss_coeff': 0.0,
     }
     student = sample_candidate(optuna.trial.FixedTrial(params), space, teacher)
-    argv = trial_argv(
-        student,
-        teacher_file,
-        'integration_tests:reverse',
-        datapath,
-        ['-bs', '8', '--optimizer', 'adam'],
-        [],
-        30,
-        10,
-        16,
+    settings = SearchSettings(
+        teacher=teacher_file,
+        task='integration_tests:reverse',
+        out='unused',
+        trials=1,
+        datapath=datapath,
+        steps=30,
+        valid_every=10,
+        valid_examples=16,
     )
+    argv = trial_argv(student, settings, ['-bs', '8', '--optimizer', 'adam'])
     opt = setup_args().parse_args(argv)
     assert opt['model'] == student.agent
     assert (opt['n_encoder_layers'], opt['n_decoder_layers']) == (1, 2)

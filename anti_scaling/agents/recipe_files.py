@@ -30,7 +30,7 @@ from typing import Any
 from ..errors import DistillationError
 from ..fileio import read_json_or_yaml
 from ..model_files import model_class_of
-from ..option_keys import SHAPE_KEYS
+from ..option_keys import SHAPE_KEYS, TEACHER_AND_FILE_KEYS
 from ..zoo.recipes import AGENT_PREFIX, RECIPE_KEYS, Recipe, get_recipe
 from .options import distillation_option_names
 
@@ -45,16 +45,7 @@ AGENTS = tuple(
     )
 )
 #: Distillation options that name files or teachers: never part of a recipe.
-NOT_IN_RECIPES = frozenset(
-    {
-        'teacher_model',
-        'recipe',
-        'teacher_cache',
-        'distill_config',
-        'teacher_weights',
-        'intermediate_teacher',
-    }
-)
+NOT_IN_RECIPES = frozenset(TEACHER_AND_FILE_KEYS)
 _FIELDS = {
     'agent',
     'options',
@@ -72,8 +63,8 @@ def is_recipe_file(name: Any) -> bool:
     return isinstance(name, str) and name.endswith(RECIPE_FILE_SUFFIXES)
 
 
-def _agent_actions(agent: str) -> dict[str, Any]:
-    """The argparse actions of ``agent``'s ParlAI parser, by option dest."""
+def agent_actions(agent: str) -> dict[str, Any]:
+    """``(parser, action)`` of every option of ``agent``'s ParlAI parser, by dest."""
     from parlai.core.params import ParlaiParser
 
     parser = ParlaiParser(False, False)
@@ -152,7 +143,7 @@ def load_recipe_file(path: str) -> Recipe:
     options = data.get('options')
     if not isinstance(options, dict) or not options:
         raise DistillationError(f'{where}: options must be a non-empty mapping')
-    actions = _agent_actions(agent)
+    actions = agent_actions(agent)
     allowed = _allowed_keys()
     checked = {}
     for key, value in options.items():

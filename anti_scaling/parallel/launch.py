@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import parlai.scripts.train_model as train_model
@@ -97,18 +98,33 @@ def check_launch(opt: Opt) -> Placement:
     return placement
 
 
-def train_rank(
-    rank: int, opt: Opt, placement: Placement, port: int, rank_offset: int = 0
-) -> tuple[dict, dict]:
-    """One process of :func:`launch_and_train` (rank ``rank + rank_offset``)."""
-    rank += rank_offset
-    with rank_context(
+def _local_rank_context(
+    rank: int, opt: Opt, placement: Placement, port: int
+) -> AbstractContextManager[Opt]:
+    """:func:`~.context.rank_context` of ``rank`` on its device of ``placement``,
+    the ranks meeting at ``tcp://localhost:PORT``."""
+    return rank_context(
         rank,
         opt,
         backend=placement.backend,
         gpu=placement.device_index(rank),
         init_method=f'tcp://localhost:{port}',
-    ) as rank_opt:
+    )
+
+
+def _spawn(fn: Callable[..., Any], args: tuple, nprocs: int) -> Any:
+    """Start ``fn(index, *args)`` in ``nprocs`` spawned processes; their context
+    (not joined)."""
+    return torch_mp.start_processes(
+        fn, args, nprocs=nprocs, join=False, start_method='spawn'
+    )
+
+
+def train_rank(
+    rank: int, opt: Opt, placement: Placement, port: int, rank_offset: int = 0
+) -> tuple[dict, dict]:
+    """One process of :func:`launch_and_train` (rank ``rank + rank_offset``)."""
+    with _local_rank_context(rank + rank_offset, opt, placement, port) as rank_opt:
         rank_opt['multiprocessing'] = True
         return train_in_rank(rank_opt)
 
@@ -181,13 +197,7 @@ def launch_and_train(opt: Opt, port: int | None = None) -> tuple[dict, dict]:
     world_size = int(opt['distributed_world_size'])
     watchdog = None
     if world_size > 1:
-        context = torch_mp.start_processes(
-            train_rank,
-            (opt, placement, port, 1),
-            nprocs=world_size - 1,
-            join=False,
-            start_method='spawn',
-        )
+        context = _spawn(train_rank, (opt, placement, port, 1), world_size - 1)
         watchdog = _Watchdog(context, rank_offset=1)
         watchdog.start()
     try:
@@ -219,13 +229,7 @@ def _run_rank(
     port: int,
     args: tuple,
 ) -> None:
-    with rank_context(
-        rank,
-        opt,
-        backend=placement.backend,
-        gpu=placement.device_index(rank),
-        init_method=f'tcp://localhost:{port}',
-    ) as rank_opt:
+    with _local_rank_context(rank, opt, placement, port) as rank_opt:
         fn(rank_opt, *args)
 
 
@@ -241,13 +245,7 @@ def run_on_ranks(
     opt = Opt({**opt, 'distributed_world_size': world_size})
     placement = check_launch(opt)
     port = find_free_port()
-    context = torch_mp.start_processes(
-        _run_rank,
-        (fn, opt, placement, port, args),
-        nprocs=world_size,
-        join=False,
-        start_method='spawn',
-    )
+    context = _spawn(_run_rank, (fn, opt, placement, port, args), world_size)
     try:
         while not context.join():
             pass

@@ -27,11 +27,17 @@ import argparse
 import statistics
 import sys
 import tempfile
-import time
 
 import torch
 
-from .benchmark_step import _flag_args, _parse, load_batches, prepare
+from .benchmark_step import (
+    CLOCKS,
+    _flag_args,
+    _parse,
+    add_benchmark_args,
+    load_batches,
+    prepare,
+)
 
 WIDE = 'anti_scaling.distillation:DistillTransformerAgent'
 TASK = 'anti_scaling.tasks.chitchat'
@@ -91,22 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('kind', choices=['shared-encoder', 'on-policy', 'cache'])
     parser.add_argument('--top-k', type=int, default=32)
-    parser.add_argument('--steps', type=int, default=20)
-    parser.add_argument('--warmup', type=int, default=2)
-    parser.add_argument('--batchsize', type=int, default=32)
-    parser.add_argument('--text-truncate', type=int, default=128)
-    parser.add_argument('--label-truncate', type=int, default=32)
-    parser.add_argument('--vocab', type=int, default=8000)
-    parser.add_argument('--heads', type=int, default=4)
-    parser.add_argument('--teacher-width', type=int, default=256)
-    parser.add_argument('--student-width', type=int, default=128)
-    parser.add_argument('--threads', type=int, default=2)
-    parser.add_argument(
-        '--clock',
-        choices=['wall', 'cpu'],
-        default='wall',
-        help='wall: elapsed time; cpu: process CPU time (robust with --threads 1)',
-    )
+    add_benchmark_args(parser, warmup=2, heads=4, teacher_width=256, student_width=128)
     cfg = parser.parse_args(argv)
     cfg.layers, cfg.memory_steps = 4, 0
     if cfg.kind == 'shared-encoder':
@@ -124,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             for i, (name, args) in enumerate(variants(cfg.kind, cfg))
         ]
         times: dict[str, list[float]] = {name: [] for name, _ in agents}
-        clock = time.process_time if cfg.clock == 'cpu' else time.perf_counter
+        clock = CLOCKS[cfg.clock]
         for step, batch in enumerate(batches):
             for name, agent in agents:
                 start = clock()

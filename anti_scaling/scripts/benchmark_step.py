@@ -40,6 +40,8 @@ import torch
 
 TASK = 'anti_scaling.tasks.chitchat'
 NARROW = 'anti_scaling.distillation:DistillNarrowTransformerAgent'
+#: How a step is timed: elapsed time, or this process's CPU time.
+CLOCKS = {'wall': time.perf_counter, 'cpu': time.process_time}
 ALL_TERMS = {
     'task_loss_coeff': 1.0,
     'encoder_loss_coeff': 1.0,
@@ -213,7 +215,7 @@ def forward_flops(model: torch.nn.Module, batch) -> float:
 def time_steps(workdir: str, cfg: argparse.Namespace) -> dict:
     distill, plain, teacher_model = build_agents(workdir, cfg)
     batches = load_batches(workdir, cfg.steps + cfg.warmup)
-    clock = time.process_time if cfg.clock == 'cpu' else time.perf_counter
+    clock = CLOCKS[cfg.clock]
     a_times, b_times = [], []
     for i, batch in enumerate(batches):
         start = clock()
@@ -288,28 +290,41 @@ def peak_memory(
     return {'setup_mb': setup, 'peak_mb': _high_water_mb()}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The benchmark's options (also those of the memory runs it starts)."""
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+def add_benchmark_args(
+    parser: argparse.ArgumentParser,
+    *,
+    warmup: int = 3,
+    heads: int = 8,
+    teacher_width: int = 512,
+    student_width: int = 256,
+) -> None:
+    """The batches, models and timing every benchmark builds (what :func:`prepare`,
+    :func:`load_batches` and the agents read): steps, sizes, threads, clock."""
     parser.add_argument('--steps', type=int, default=20)
-    parser.add_argument('--warmup', type=int, default=3)
-    parser.add_argument('--memory-steps', type=int, default=8)
+    parser.add_argument('--warmup', type=int, default=warmup)
     parser.add_argument('--batchsize', type=int, default=32)
     parser.add_argument('--text-truncate', type=int, default=128)
     parser.add_argument('--label-truncate', type=int, default=32)
     parser.add_argument('--vocab', type=int, default=8000)
-    parser.add_argument('--layers', type=int, default=4)
-    parser.add_argument('--heads', type=int, default=8)
-    parser.add_argument('--teacher-width', type=int, default=512)
-    parser.add_argument('--student-width', type=int, default=256)
+    parser.add_argument('--heads', type=int, default=heads)
+    parser.add_argument('--teacher-width', type=int, default=teacher_width)
+    parser.add_argument('--student-width', type=int, default=student_width)
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument(
         '--clock',
-        choices=['wall', 'cpu'],
+        choices=list(CLOCKS),
         default='wall',
         help='wall: elapsed time; cpu: process CPU time (with --threads 1, robust '
         'to other processes sharing the machine)',
     )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The benchmark's options (also those of the memory runs it starts)."""
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    add_benchmark_args(parser)
+    parser.add_argument('--memory-steps', type=int, default=8)
+    parser.add_argument('--layers', type=int, default=4)
     parser.add_argument('--memory-mode', choices=['distill', 'baseline'], default=None)
     parser.add_argument('--memory-dtype', choices=MEMORY_DTYPES, default='float32')
     parser.add_argument('--workdir', default=None, help=argparse.SUPPRESS)

@@ -104,13 +104,15 @@ def build_dictionary(out: str, datapath: str) -> str:
     return dict_file
 
 
-def train(datapath: str, seconds: float, **options: Any) -> dict:
+def train(title: str, datapath: str, seconds: float, **options: Any) -> None:
+    """Say what trains, train it for ``seconds``, say its validation perplexity."""
     from parlai.scripts.train_model import TrainModel
 
+    start = _step(title)
     valid, _ = TrainModel.main(
         **TRAINING, datapath=datapath, max_train_time=seconds, **options
     )
-    return valid
+    _done(start, f"(valid ppl {float(valid['ppl']):.1f})")
 
 
 def evaluate(model_file: str, datapath: str, examples: int) -> dict[str, float]:
@@ -238,11 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     dict_file = build_dictionary(out, datapath)
     _done(t)
 
-    t = _step(
+    train(
         f'training the teacher: transformer/generator {TEACHER_SHAPE} '
-        f'for {budget:.0f} s'
-    )
-    valid = train(
+        f'for {budget:.0f} s',
         datapath,
         budget,
         model='transformer/generator',
@@ -251,13 +251,10 @@ def main(argv: list[str] | None = None) -> int:
         learningrate=2e-3,
         **TEACHER_SHAPE,
     )
-    _done(t, f"(valid ppl {float(valid['ppl']):.1f})")
 
-    t = _step(
+    train(
         'distilling a wide student: DistillTransformerAgent, 1 decoder layer of 4 '
-        f'(initialised from teacher layer 3), for {budget / 2:.0f} s'
-    )
-    valid = train(
+        f'(initialised from teacher layer 3), for {budget / 2:.0f} s',
         datapath,
         budget / 2,
         model='anti_scaling.distillation:DistillTransformerAgent',
@@ -267,13 +264,10 @@ def main(argv: list[str] | None = None) -> int:
         learningrate=1e-3,
         **WIDE_COEFFS,
     )
-    _done(t, f"(valid ppl {float(valid['ppl']):.1f})")
 
-    t = _step(
+    train(
         'distilling a narrow student: DistillNarrowTransformerAgent, width 64, '
-        f'1+2 layers, every loss term, for {budget / 2:.0f} s'
-    )
-    valid = train(
+        f'1+2 layers, every loss term, for {budget / 2:.0f} s',
         datapath,
         budget / 2,
         model='anti_scaling.distillation:DistillNarrowTransformerAgent',
@@ -286,7 +280,6 @@ def main(argv: list[str] | None = None) -> int:
         learningrate=2e-3,
         **NARROW_COEFFS,
     )
-    _done(t, f"(valid ppl {float(valid['ppl']):.1f})")
 
     t = _step('stripping the narrow student of its projection matrices')
     from ..export.strip import remove_projection_matrices

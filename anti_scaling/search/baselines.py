@@ -116,17 +116,7 @@ def train_baseline(
     folder = baseline_dir(s.out, name)
     if os.path.isdir(folder):
         shutil.rmtree(folder)
-    argv = trial_argv(
-        baseline,
-        s.teacher,
-        s.task,
-        s.datapath,
-        train_args,
-        s.task_args,
-        s.steps,
-        s.valid_every,
-        s.valid_examples,
-    )
+    argv = trial_argv(baseline, s, train_args)
     curve: list[dict[str, float]] = []
 
     def on_validation(step: int, report: dict) -> None:

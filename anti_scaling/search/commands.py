@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from ..option_keys import SHAPE_KEYS
 from .candidate import Candidate, flag_args, format_value
+from .settings import SearchSettings
 
 #: Optimisation options a search takes from the teacher's ``.opt`` by default.
 OPTIMISATION_KEYS = (
@@ -50,66 +52,59 @@ def default_train_args(teacher_opt: Mapping[str, Any]) -> list[str]:
     return flag_args(options)
 
 
-def _common(
-    candidate_flags: list[str],
-    agent: str,
-    teacher: str,
-    task: str,
-    datapath: str,
-    train_args: list[str],
-    task_args: list[str],
-) -> list[str]:
-    return [
-        '-t',
-        task,
-        '--model',
-        agent,
-        '--teacher-model',
-        teacher,
-        *candidate_flags,
-        *train_args,
-        '-dp',
-        datapath,
-        *task_args,
-    ]
+@dataclass(frozen=True)
+class StudyCommand:
+    """What every ``parlai train_model`` command of a study shares."""
+
+    teacher: str
+    task: str
+    datapath: str
+    #: The resolved optimisation flags (defaults, then the user's).
+    train_args: list[str]
+    task_args: list[str]
+
+    def argv(
+        self, candidate: Candidate, flags: list[str], extra: list[str]
+    ) -> list[str]:
+        """The arguments that train ``candidate`` (its options as ``flags``) with
+        ``extra`` flags after the study's own."""
+        return [
+            '-t',
+            self.task,
+            '--model',
+            candidate.agent,
+            '--teacher-model',
+            self.teacher,
+            *flags,
+            *self.train_args,
+            *extra,
+            '-dp',
+            self.datapath,
+            *self.task_args,
+        ]
 
 
 def trial_argv(
-    candidate: Candidate,
-    teacher: str,
-    task: str,
-    datapath: str,
-    train_args: list[str],
-    task_args: list[str],
-    steps: int,
-    valid_every: int,
-    valid_examples: int,
+    candidate: Candidate, s: SearchSettings, train_args: list[str]
 ) -> list[str]:
     """The arguments of ``parlai train_model`` for one flash distillation.
 
     ``train_args`` are the resolved optimisation flags (defaults, then the
-    user's). Validation every ``valid_every`` steps (0: none) on
-    ``valid_examples`` examples, without generation.
+    user's). ``s.steps`` steps; validation every ``s.valid_every`` steps (0:
+    none) on ``s.valid_examples`` examples, without generation.
     """
+    study = StudyCommand(s.teacher, s.task, s.datapath, train_args, s.task_args)
     budget = [
         '--max-train-steps',
-        str(steps),
+        str(s.steps),
         '--validation-every-n-steps',
-        str(valid_every if valid_every > 0 else -1),
+        str(s.valid_every if s.valid_every > 0 else -1),
         '--validation-max-exs',
-        str(valid_examples),
+        str(s.valid_examples),
         '--skip-generation',
         'true',
     ]
-    return _common(
-        candidate.flags(),
-        candidate.agent,
-        teacher,
-        task,
-        datapath,
-        [*train_args, *budget],
-        task_args,
-    )
+    return study.argv(candidate, candidate.flags(), budget)
 
 
 def full_budget(steps: int, valid_examples: int) -> list[str]:
@@ -134,11 +129,7 @@ def full_budget(steps: int, valid_examples: int) -> list[str]:
 
 def full_command(
     candidate: Candidate,
-    teacher: str,
-    task: str,
-    datapath: str,
-    train_args: list[str],
-    task_args: list[str],
+    study: StudyCommand,
     model_file: str,
     budget: list[str],
     recipe_file: str | None = None,
@@ -149,15 +140,7 @@ def full_command(
     instead of being written out.
     """
     flags = ['--recipe', recipe_file] if recipe_file else candidate.flags()
-    argv = _common(
-        flags,
-        candidate.agent,
-        teacher,
-        task,
-        datapath,
-        [*train_args, '-mf', model_file, *budget],
-        task_args,
-    )
+    argv = study.argv(candidate, flags, ['-mf', model_file, *budget])
     return 'parlai train_model ' + shlex.join(argv)
 
 

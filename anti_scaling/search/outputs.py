@@ -31,7 +31,7 @@ from .baselines import (
     stored_baselines,
 )
 from .candidate import candidate_from_data
-from .commands import full_budget, full_command, recipe_data
+from .commands import StudyCommand, full_budget, full_command, recipe_data
 from .pareto import markdown, plot
 from .settings import SearchSettings, safe_url
 
@@ -128,7 +128,7 @@ def search_data(study: optuna.Study, s: SearchSettings) -> dict[str, Any]:
         student = candidate_from_data(t.user_attrs['candidate'])
         key = str(t.number)
         recipes[key] = recipe_path(s.out, t.number)
-        common = (
+        study_command = StudyCommand(
             stored.get('teacher', s.teacher),
             stored.get('task', s.task),
             s.datapath,
@@ -141,13 +141,13 @@ def search_data(study: optuna.Study, s: SearchSettings) -> dict[str, Any]:
         baseline = baseline_candidate(student, family_of(student))
         commands[key] = {
             'with_recipe': full_command(
-                student, *common, model, budget, recipe_file=recipes[key]
+                student, study_command, model, budget, recipe_file=recipes[key]
             ),
-            'written_out': full_command(student, *common, model, budget),
+            'written_out': full_command(student, study_command, model, budget),
             # The no-teacher student of the same shape, on the same budget.
             'baseline': full_command(
                 baseline,
-                *common,
+                study_command,
                 os.path.join(students, f'baseline-{t.number:04d}', 'model'),
                 budget,
             ),

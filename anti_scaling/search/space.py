@@ -31,6 +31,7 @@ from typing import Any
 
 from ..errors import DistillationError
 from ..fileio import read_json_or_yaml
+from ..option_keys import TEACHER_AND_FILE_KEYS
 
 KINDS = ('wide', 'narrow')
 #: Shape parameters: name -> type. The last four exist for narrow students only.
@@ -48,12 +49,7 @@ NARROW_ONLY = ('embedding_size', 'ffn_size', 'ffn_ratio', 'n_heads')
 #: follow the layer counts) and the wide-only initialisation switches.
 NOT_SEARCHED = frozenset(
     {
-        'teacher_model',
-        'recipe',
-        'teacher_cache',
-        'distill_config',
-        'teacher_weights',
-        'intermediate_teacher',
+        *TEACHER_AND_FILE_KEYS,
         'encoder_layer_map',
         'decoder_layer_map',
         'encoder_init_layer_map',
@@ -95,22 +91,21 @@ def searchable_flags(family: str = 'transformer') -> dict[str, Flag]:
     Read from the narrow agent's real ParlAI parser (it has every option but
     the wide-only switches, which are not searched).
     """
-    from parlai.agents.bart.bart import BartAgent
-    from parlai.agents.transformer.transformer import TransformerGeneratorAgent
-    from parlai.core.params import ParlaiParser
+    from ..agents.options import distillation_option_names
+    from ..agents.recipe_files import agent_actions
+    from ..zoo.recipes import AGENT_PREFIX
 
-    from ..agents.options import add_distillation_args, distillation_option_names
-
-    base = BartAgent if family == 'bart' else TransformerGeneratorAgent
-    parser = ParlaiParser(False, False)
-    base.add_cmdline_args(parser, partial_opt=None)
-    add_distillation_args(parser, wide=False)  # as the narrow agents do
-    actions = {a.dest: a for a in parser._actions}
+    narrow = (
+        'DistillNarrowBartAgent'
+        if family == 'bart'
+        else 'DistillNarrowTransformerAgent'
+    )
+    actions = agent_actions(AGENT_PREFIX + narrow)
     flags = {}
     for dest in sorted(distillation_option_names() - NOT_SEARCHED):
-        action = actions.get(dest)
-        if action is None:
+        if dest not in actions:
             continue
+        _, action = actions[dest]
         kind = {int: 'int', float: 'float', 'bool': 'bool'}.get(action.type, 'str')
         choices = tuple(action.choices) if action.choices is not None else None
         flags[dest] = Flag(kind, choices)

@@ -185,17 +185,7 @@ class TrialRunner:
         trial_dir = self.trial_dir(trial.number)
         if os.path.isdir(trial_dir):
             shutil.rmtree(trial_dir)
-        argv = trial_argv(
-            candidate,
-            s.teacher,
-            s.task,
-            s.datapath,
-            self.train_args,
-            s.task_args,
-            s.steps,
-            s.valid_every,
-            s.valid_examples,
-        )
+        argv = trial_argv(candidate, s, self.train_args)
         trial.set_user_attr('command', 'parlai train_model ' + shlex.join(argv))
         trial.set_user_attr('worker', {'host': os.uname().nodename, 'pid': os.getpid()})
         curve: list[dict[str, float]] = []
