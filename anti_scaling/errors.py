@@ -10,10 +10,19 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterable
 
 
 class DistillationError(ValueError):
     """Bad input for a distillation run or script, found before any work started."""
+
+
+def check_at_least_one(settings: object, names: Iterable[str]) -> None:
+    """One line for the first of ``names`` whose value in ``settings`` is below 1,
+    naming its flag (``eval_batchsize``: ``--eval-batchsize must be >= 1``)."""
+    for name in names:
+        if getattr(settings, name) < 1:
+            raise DistillationError(f"--{name.replace('_', '-')} must be >= 1")
 
 
 def describe_exception(exc: BaseException) -> str:

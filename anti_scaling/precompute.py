@@ -57,6 +57,22 @@ def add_teacher_model_arg(parser: ParlaiParser) -> None:
     )
 
 
+def teacher_pass_parser(parser: ParlaiParser | None, description: str) -> ParlaiParser:
+    """ParlAI's parser (``parser``, or a new one with ``description``) with the
+    task, ``--teacher-model``, and by default batches of 32 over the train split."""
+    if parser is None:
+        parser = ParlaiParser(True, True, description)
+    add_teacher_model_arg(parser)
+    parser.set_defaults(batchsize=32, datatype='train')
+    return parser
+
+
+def require_task(opt: Opt, purpose: str) -> None:
+    """One line unless ``-t`` names the task (``purpose``: what it is for)."""
+    if not opt.get('task'):
+        raise DistillationError(f'-t/--task is required: {purpose}')
+
+
 def split_datatype(split: str) -> str:
     """One ordered, non-repeating pass over a split (``train`` -> ``train:evalmode``)."""
     base = split.split(':')[0]
@@ -121,6 +137,15 @@ def label_vector(
         label_truncate=agent.label_truncate,
     )
     return message['eval_labels_vec']
+
+
+def label_vectors(
+    agent: TorchGeneratorAgent, observations: list[Message], labels: list[str]
+) -> torch.Tensor:
+    """Each label vectorised as ``agent`` vectorises a label of its observation,
+    right-padded into ``[n, max_len]``."""
+    vectors = [label_vector(agent, o, label) for o, label in zip(observations, labels)]
+    return pad(vectors, agent.NULL_IDX)
 
 
 def pad(vectors: list[torch.Tensor], null_idx: int) -> torch.Tensor:

@@ -13,7 +13,7 @@ import torch
 from tqdm import tqdm
 
 from ..compat import tolerant_byte_level_decoding
-from ..errors import DistillationError
+from ..errors import DistillationError, check_at_least_one
 from .evaluation import (
     agreement,
     bleu,
@@ -59,9 +59,7 @@ class ReportSettings:
 
 
 def _check_numbers(s: ReportSettings) -> None:
-    for name in ('num_examples', 'batchsize', 'eval_batchsize', 'beam_size'):
-        if getattr(s, name) < 1:
-            raise DistillationError(f"--{name.replace('_', '-')} must be >= 1")
+    check_at_least_one(s, ('num_examples', 'batchsize', 'eval_batchsize', 'beam_size'))
     if s.warmup < 0:
         raise DistillationError('--warmup must be >= 0')
     if not s.students:

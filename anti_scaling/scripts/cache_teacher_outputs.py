@@ -45,25 +45,23 @@ from ..cache.store import LOGPROB_DTYPES
 from ..errors import DistillationError, install_excepthook
 from ..precompute import (
     BatchTap,
-    add_teacher_model_arg,
     create_teacher_agent,
     forced_scores,
-    label_vector,
-    pad,
+    label_vectors,
+    require_task,
     run_world,
     split_datatype,
     task_world,
+    teacher_pass_parser,
     vocab_size,
 )
 
 
 def setup_args(parser: ParlaiParser | None = None) -> ParlaiParser:
     """ParlAI's parser with the task, the teacher's options and the cache flags."""
-    if parser is None:
-        parser = ParlaiParser(
-            True, True, 'Cache a teacher\'s top-k output distributions'
-        )
-    add_teacher_model_arg(parser)
+    parser = teacher_pass_parser(
+        parser, 'Cache a teacher\'s top-k output distributions'
+    )
     group = parser.add_argument_group('Teacher output cache')
     group.add_argument('--cache-dir', type=str, default=None, help='Output folder.')
     group.add_argument(
@@ -104,7 +102,6 @@ def setup_args(parser: ParlaiParser | None = None) -> ParlaiParser:
         default=False,
         help='Replace an existing cache (only once the new one is complete).',
     )
-    parser.set_defaults(batchsize=32, datatype='train')
     return parser
 
 
@@ -158,10 +155,12 @@ class _Recorder:
         passes = []
         for j in range(most):
             rows = [r for r, lbls in enumerate(labels) if len(lbls) > j]
-            vectors = [
-                label_vector(self.agent, observations[r], labels[r][j]) for r in rows
-            ]
-            passes.append((rows, pad(vectors, self.agent.NULL_IDX)))
+            label_vec = label_vectors(
+                self.agent,
+                [observations[r] for r in rows],
+                [labels[r][j] for r in rows],
+            )
+            passes.append((rows, label_vec))
         return passes
 
     def _record(self, batch: Batch, text_vec: Any, label_vec: Any) -> None:
@@ -196,10 +195,7 @@ class CacheTeacherOutputs(ParlaiScript):
         opt = self.opt
         if not opt.get('cache_dir'):
             raise DistillationError('--cache-dir is required: the folder to write')
-        if not opt.get('task'):
-            raise DistillationError(
-                '-t/--task is required: the data to run the teacher on'
-            )
+        require_task(opt, 'the data to run the teacher on')
         top_k = int(opt['top_k'])
         temperature = float(opt['distill_temperature'])
         if top_k < 1:

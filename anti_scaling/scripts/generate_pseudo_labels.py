@@ -74,14 +74,14 @@ from ..errors import DistillationError, install_excepthook
 from ..fileio import atomic_write
 from ..precompute import (
     BatchTap,
-    add_teacher_model_arg,
     create_teacher_agent,
     forced_scores,
-    label_vector,
-    pad,
+    label_vectors,
+    require_task,
     run_world,
     split_datatype,
     task_world,
+    teacher_pass_parser,
 )
 from ..pseudo_labels import cut_episodes, reference_f1, select_by_f1, select_replies
 
@@ -94,9 +94,7 @@ METADATA_VERSION = '0.1'  # parlai.utils.conversations.Metadata.version()
 def setup_args(parser: ParlaiParser | None = None) -> ParlaiParser:
     """ParlAI's parser with the task, the teacher's options (generation flags
     included) and this script's flags."""
-    if parser is None:
-        parser = ParlaiParser(True, True, 'Write the teacher\'s replies as a dataset')
-    add_teacher_model_arg(parser)
+    parser = teacher_pass_parser(parser, 'Write the teacher\'s replies as a dataset')
     group = parser.add_argument_group('Pseudo-labels')
     group.add_argument('--output', type=str, default=None, help='The .jsonl to write.')
     group.add_argument(
@@ -129,7 +127,6 @@ def setup_args(parser: ParlaiParser | None = None) -> ParlaiParser:
     group.add_argument(
         '--overwrite', type='bool', default=False, help='Replace an existing output.'
     )
-    parser.set_defaults(batchsize=32, datatype='train')
     return parser
 
 
@@ -192,8 +189,8 @@ class _Generator:
     ) -> list[float]:
         """Mean teacher log-probability per label token of each reply (T = 1)."""
         agent = self.agent
-        vectors = [label_vector(agent, o, r) for o, r in zip(observations, replies)]
-        label_vec = pad(vectors, agent.NULL_IDX).to(batch.text_vec.device)
+        label_vec = label_vectors(agent, observations, replies)
+        label_vec = label_vec.to(batch.text_vec.device)
         logits = forced_scores(agent, batch, batch.text_vec, label_vec).float()
         log_p = torch.log_softmax(logits, dim=-1)
         token = log_p.gather(-1, label_vec.unsqueeze(-1)).squeeze(-1)
@@ -317,8 +314,7 @@ class GeneratePseudoLabels(ParlaiScript):
         output = opt.get('output')
         if not output:
             raise DistillationError('--output is required: the .jsonl file to write')
-        if not opt.get('task'):
-            raise DistillationError('-t/--task is required: the data to reply to')
+        require_task(opt, 'the data to reply to')
         output = os.path.abspath(output)
         if os.path.exists(output) and not opt.get('overwrite'):
             raise DistillationError(

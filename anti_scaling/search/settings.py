@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import DistillationError
+from ..errors import DistillationError, check_at_least_one
 
 QUALITY_METRICS = {'token_acc': 'maximize', 'ppl': 'minimize'}
 SPEED_METRICS = {'per_reply': 'speedup', 'per_token': 'speedup_per_token'}
@@ -102,7 +102,7 @@ class SearchSettings:
 
 def check_settings(s: SearchSettings) -> None:
     """One line for settings no search can run with (before anything loads)."""
-    positive = (
+    at_least_one = (
         'trials',
         'steps',
         'valid_examples',
@@ -112,9 +112,7 @@ def check_settings(s: SearchSettings) -> None:
         'full_steps',
         'population',
     )
-    for name in positive:
-        if getattr(s, name) < 1:
-            raise DistillationError(f"--{name.replace('_', '-')} must be >= 1")
+    check_at_least_one(s, at_least_one)
     if s.valid_every < 0:
         raise DistillationError('--valid-every must be >= 0 (0: no validation)')
     if s.warmup < 0 or s.startup_trials < 0 or s.prune_min_trials < 1:
