@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import shutil
 import traceback
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -37,7 +36,7 @@ from .candidate import AGENTS, Candidate, candidate_from_data
 from .commands import trial_argv
 from .measure import TeacherReference
 from .settings import SearchSettings
-from .trial import CURVE_METRICS, train_and_measure
+from .trial import curve_point, train_and_measure
 
 ATTR_PREFIX = 'baseline:'
 BASELINES_DIR = 'baselines'
@@ -114,15 +113,11 @@ def train_baseline(
     baseline = baseline_candidate(candidate, ref.shape.family)
     name = shape_name(candidate.shape)
     folder = baseline_dir(s.out, name)
-    if os.path.isdir(folder):
-        shutil.rmtree(folder)
     argv = trial_argv(baseline, s, train_args)
     curve: list[dict[str, float]] = []
 
     def on_validation(step: int, report: dict) -> None:
-        point = {'step': step}
-        point.update({k: float(report[k]) for k in CURVE_METRICS if k in report})
-        curve.append(point)
+        curve.append(curve_point(step, report))
 
     figures = train_and_measure(argv, folder, ref, on_validation, s)
     return {

@@ -36,6 +36,13 @@ from .space import ParamSpec
 CURVE_METRICS = ('token_acc', 'ppl', 'loss')
 
 
+def curve_point(step: int, report: dict) -> dict[str, float]:
+    """One point of a training curve: the step and the report's :data:`CURVE_METRICS`."""
+    point = {'step': step}
+    point.update({k: float(report[k]) for k in CURVE_METRICS if k in report})
+    return point
+
+
 class FlashTrainLoop(TrainLoop):
     """ParlAI's training loop; each validation report goes to ``on_validation``.
 
@@ -183,16 +190,13 @@ class TrialRunner:
         )
         trial.set_user_attr('cost', cost)
         trial_dir = self.trial_dir(trial.number)
-        if os.path.isdir(trial_dir):
-            shutil.rmtree(trial_dir)
         argv = trial_argv(candidate, s, self.train_args)
         trial.set_user_attr('command', 'parlai train_model ' + shlex.join(argv))
         trial.set_user_attr('worker', {'host': os.uname().nodename, 'pid': os.getpid()})
         curve: list[dict[str, float]] = []
 
         def on_validation(step: int, report: dict) -> None:
-            point = {'step': step}
-            point.update({k: float(report[k]) for k in CURVE_METRICS if k in report})
+            point = curve_point(step, report)
             curve.append(point)
             trial.set_user_attr('curve', curve)
             if self.rule is None or self.rule.metric not in point:
@@ -217,10 +221,13 @@ def train_and_measure(
 ) -> dict[str, Any]:
     """Train ``parlai train_model argv`` here, measure the result against the teacher.
 
-    ParlAI's log goes to ``folder/train.log``; the models are deleted
-    afterwards unless ``--keep-models``. Returns :func:`~.measure.measure_student`'s
-    figures, with the training and measuring seconds.
+    ``folder`` starts empty (an earlier attempt's files are removed); ParlAI's
+    log goes to ``folder/train.log``; the models are deleted afterwards unless
+    ``--keep-models``. Returns :func:`~.measure.measure_student`'s figures,
+    with the training and measuring seconds.
     """
+    if os.path.isdir(folder):
+        shutil.rmtree(folder)
     start = time.perf_counter()
     with parlai_log_to(os.path.join(folder, 'train.log'), s.verbose):
         agent = train_student(argv, on_validation)
