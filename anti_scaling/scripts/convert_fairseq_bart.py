@@ -18,12 +18,12 @@ import sys
 
 from ..errors import install_excepthook
 from ..fairseq_bart import DEFAULT_TOLERANCE, DICT_TOKENIZERS, convert_fairseq_bart
-from .command_line import exit_status, script_parser
+from . import command_line
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of the script."""
-    parser = script_parser(
+    parser = command_line.script_parser(
         'convert_fairseq_bart',
         'Convert a fairseq BART checkpoint (e.g. checkpoint_best.pt) '
         'into a ParlAI bart model (MODEL, MODEL.opt, MODEL.dict). No network is '
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the conversion; returns the exit status (2 for bad input)."""
     install_excepthook()
     args = build_parser().parse_args(argv)
-    return exit_status(lambda: _convert(args))
+    return command_line.exit_status(lambda: _convert(args))
 
 
 def _convert(args: argparse.Namespace) -> int:

@@ -42,16 +42,7 @@ import shlex
 import sys
 from typing import TYPE_CHECKING
 
-from .command_line import (
-    add_datapath_arg,
-    add_verbose_arg,
-    command_argv,
-    exit_status,
-    quiet_libraries,
-    script_parser,
-    settings_from,
-    split_task_args,
-)
+from . import command_line
 
 if TYPE_CHECKING:
     from ..report.build import ReportSettings
@@ -59,7 +50,7 @@ if TYPE_CHECKING:
 
 def parser() -> argparse.ArgumentParser:
     """The command-line parser (documented in the module docstring)."""
-    p = script_parser(
+    p = command_line.script_parser(
         'distill_report',
         'Quality against generation speed for a teacher and students.',
         task_parser='eval_model',
@@ -68,7 +59,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument('--students', nargs='+', required=True, help='student model files')
     p.add_argument('--out', required=True, help='folder of the report files')
     p.add_argument('-t', '--task', required=True, help='ParlAI task')
-    add_datapath_arg(p)
+    command_line.add_datapath_arg(p)
     p.add_argument('-dt', '--datatype', default='test', help='split (default test)')
     p.add_argument(
         '--num-examples', type=int, default=200, help='first N examples (200)'
@@ -110,26 +101,26 @@ def parser() -> argparse.ArgumentParser:
         help='add a dynamically quantised int8 copy of every model',
     )
     p.add_argument('--quiet', action='store_true', help='no progress bars')
-    add_verbose_arg(p)
+    command_line.add_verbose_arg(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the report; 0 on success, 2 (one line on stderr) on bad input."""
-    argv = command_argv(argv)
-    args, task_args = split_task_args(parser(), argv)
+    argv = command_line.command_argv(argv)
+    args, task_args = command_line.split_task_args(parser(), argv)
     from ..report.build import ReportSettings
 
     if not args.verbose:
-        quiet_libraries()
-    settings = settings_from(
+        command_line.quiet_libraries()
+    settings = command_line.settings_from(
         ReportSettings,
         args,
         task_args=task_args,
         progress=not args.quiet,
         command='python -m anti_scaling.scripts.distill_report ' + shlex.join(argv),
     )
-    return exit_status(lambda: _report(settings))
+    return command_line.exit_status(lambda: _report(settings))
 
 
 def _report(settings: ReportSettings) -> int:

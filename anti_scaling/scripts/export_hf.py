@@ -25,15 +25,7 @@ import argparse
 import sys
 
 from ..errors import install_excepthook
-from .command_line import (
-    add_datapath_arg,
-    add_verbose_arg,
-    command_argv,
-    exit_status,
-    quiet_libraries,
-    script_parser,
-    split_at_double_dash,
-)
+from . import command_line
 
 #: ``--verbose``'s help, also import_hf's.
 VERBOSE_HELP = "show ParlAI's and transformers' logging"
@@ -41,7 +33,7 @@ VERBOSE_HELP = "show ParlAI's and transformers' logging"
 
 def parser() -> argparse.ArgumentParser:
     """The command-line parser (documented in the module docstring)."""
-    p = script_parser(
+    p = command_line.script_parser(
         'export_hf', 'Write a ParlAI generator as a Hugging Face transformers folder.'
     )
     p.add_argument(
@@ -55,7 +47,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         '--quantize', choices=['int8'], default=None, help='also write an int8 copy'
     )
-    add_datapath_arg(p)
+    command_line.add_datapath_arg(p)
     p.add_argument(
         '--verify-task', default='anti_scaling.tasks.chitchat', help='task of --verify'
     )
@@ -63,18 +55,18 @@ def parser() -> argparse.ArgumentParser:
         '--verify-examples', type=int, default=50, help='examples of --verify (50)'
     )
     p.add_argument('--verify-datatype', default='test', help='split of --verify (test)')
-    add_verbose_arg(p, help=VERBOSE_HELP)
+    command_line.add_verbose_arg(p, help=VERBOSE_HELP)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the export; 0 on success, 2 (one line on stderr) on bad input."""
     install_excepthook()
-    argv, task_args = split_at_double_dash(command_argv(argv))
+    argv, task_args = command_line.split_at_double_dash(command_line.command_argv(argv))
     args = parser().parse_args(argv)
     if not args.verbose:
-        quiet_libraries(transformers=True)
-    return exit_status(lambda: _export(args, task_args))
+        command_line.quiet_libraries(transformers=True)
+    return command_line.exit_status(lambda: _export(args, task_args))
 
 
 def _export(args: argparse.Namespace, task_args: list[str]) -> int:

@@ -17,19 +17,13 @@ import argparse
 import sys
 
 from ..errors import install_excepthook
-from .command_line import (
-    add_datapath_arg,
-    add_verbose_arg,
-    exit_status,
-    quiet_libraries,
-    script_parser,
-)
+from . import command_line
 from .export_hf import VERBOSE_HELP
 
 
 def parser() -> argparse.ArgumentParser:
     """The command-line parser (documented in the module docstring)."""
-    p = script_parser(
+    p = command_line.script_parser(
         'import_hf', 'Write a local transformers seq2seq folder as a ParlAI model.'
     )
     p.add_argument(
@@ -39,8 +33,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         '--overwrite', action='store_true', help='replace an existing OUT_MODEL'
     )
-    add_datapath_arg(p)
-    add_verbose_arg(p, help=VERBOSE_HELP)
+    command_line.add_datapath_arg(p)
+    command_line.add_verbose_arg(p, help=VERBOSE_HELP)
     return p
 
 
@@ -49,8 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     install_excepthook()
     args = parser().parse_args(argv)
     if not args.verbose:
-        quiet_libraries(transformers=True)
-    return exit_status(lambda: _import(args))
+        command_line.quiet_libraries(transformers=True)
+    return command_line.exit_status(lambda: _import(args))
 
 
 def _import(args: argparse.Namespace) -> int:

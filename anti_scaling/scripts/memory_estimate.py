@@ -18,14 +18,14 @@ from ..errors import DistillationError, install_excepthook
 from ..report.memory import StepBatch
 from ..report.memory_recipes import Setting
 from ..report.memory_table import recipe_table, variants_table
-from .command_line import exit_status, script_parser
+from . import command_line
 
 RECIPES = ('blender_400Mdistill', 'blender_1Bdistill')
 
 
 def main(argv: list[str] | None = None) -> int:
     install_excepthook()
-    parser = script_parser('memory_estimate', __doc__.split('\n\n')[0])
+    parser = command_line.script_parser('memory_estimate', __doc__.split('\n\n')[0])
     parser.add_argument('--recipe', nargs='+', default=list(RECIPES), choices=RECIPES)
     parser.add_argument('--batchsize', '-bs', type=int, default=16, help='per rank')
     parser.add_argument('--text-truncate', type=int, default=128)
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--device', choices=['cuda', 'cpu'], default='cuda')
     parser.add_argument('--top-k', type=int, default=32, help='of the teacher cache')
     args = parser.parse_args(argv)
-    return exit_status(lambda: _print_tables(args), bad_input=1)
+    return command_line.exit_status(lambda: _print_tables(args), bad_input=1)
 
 
 def _print_tables(args: argparse.Namespace) -> None:

@@ -15,7 +15,7 @@ from parlai.core.script import ParlaiScript
 
 from ..errors import install_excepthook
 from ..parallel.launch import launch_and_train, setup_args
-from .command_line import exit_status
+from . import command_line
 
 
 class MultiProcessTrain(ParlaiScript):
@@ -35,7 +35,7 @@ def main(*args: str) -> int:
     def train() -> None:  # the reports are in ParlAI's log
         MultiProcessTrain.main(*args)
 
-    return exit_status(train)
+    return command_line.exit_status(train)
 
 
 if __name__ == '__main__':

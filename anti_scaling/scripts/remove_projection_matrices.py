@@ -15,12 +15,12 @@ import sys
 
 from ..errors import install_excepthook
 from ..export.strip import BACKUP_SUFFIX, remove_projection_matrices
-from .command_line import exit_status, script_parser
+from . import command_line
 
 
 def main(argv: list[str] | None = None) -> int:
     install_excepthook()
-    parser = script_parser(
+    parser = command_line.script_parser(
         'remove_projection_matrices',
         'Remove the training-only projection matrices of a narrow '
         'student and make it a plain ParlAI transformer/generator or bart model.',
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         help='for a wide student (no projections): only rewrite its .opt',
     )
     args = parser.parse_args(argv)
-    return exit_status(lambda: _strip(args))
+    return command_line.exit_status(lambda: _strip(args))
 
 
 def _strip(args: argparse.Namespace) -> int:

@@ -29,21 +29,12 @@ import shlex
 import sys
 
 from ..errors import DistillationError
-from .command_line import (
-    add_datapath_arg,
-    add_verbose_arg,
-    command_argv,
-    exit_status,
-    quiet_libraries,
-    script_parser,
-    settings_from,
-    split_task_args,
-)
+from . import command_line
 
 
 def parser() -> argparse.ArgumentParser:
     """The command-line parser (documented in the module docstring and docs/search.md)."""
-    p = script_parser(
+    p = command_line.script_parser(
         'search',
         'Search student shapes and losses by distilled quality and speed.',
         task_parser='train_model',
@@ -109,7 +100,7 @@ def parser() -> argparse.ArgumentParser:
         help='extra parlai train_model flags for every trial, as one string '
         "(default: the teacher's optimiser flags)",
     )
-    add_datapath_arg(p)
+    command_line.add_datapath_arg(p)
     p.add_argument('--threads', type=int, default=None, help='torch threads')
     p.add_argument(
         '--full-steps', type=int, default=10000, help='budget of the full commands'
@@ -128,14 +119,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument('--keep-models', action='store_true', help="keep trials' models")
     p.add_argument('--timeout', type=float, default=None, help='stop after N seconds')
     p.add_argument('--quiet', action='store_true', help='no progress bar')
-    add_verbose_arg(p, help="ParlAI's and optuna's logs")
+    command_line.add_verbose_arg(p, help="ParlAI's and optuna's logs")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the search; 0 when done, 2 (one line on stderr) on bad input, 130 if stopped."""
-    args, task_args = split_task_args(parser(), command_argv(argv))
-    return exit_status(lambda: _search(args, task_args))
+    args, task_args = command_line.split_task_args(
+        parser(), command_line.command_argv(argv)
+    )
+    return command_line.exit_status(lambda: _search(args, task_args))
 
 
 def _search(args: argparse.Namespace, task_args: list[str]) -> int:
@@ -151,8 +144,8 @@ def _search(args: argparse.Namespace, task_args: list[str]) -> int:
     from ..search.study import prepare_search, run_search
 
     if not args.verbose:
-        quiet_libraries()
-    settings = settings_from(
+        command_line.quiet_libraries()
+    settings = command_line.settings_from(
         SearchSettings,
         args,
         space_file=args.space,

@@ -18,7 +18,7 @@ import argparse
 import json
 import sys
 
-from ..scripts.command_line import add_datapath_arg, exit_status
+from ..scripts import command_line
 from .manifest import ENV_MANIFEST, ENV_MIRROR, format_size, load_catalog
 from .recipes import RECIPES
 
@@ -34,7 +34,7 @@ def _add_common(parser: argparse.ArgumentParser, datapath: bool = True) -> None:
         help=f'a user manifest adding models (repeatable; also ${ENV_MANIFEST})',
     )
     if datapath:
-        add_datapath_arg(
+        command_line.add_datapath_arg(
             parser,
             default=None,
             help="ParlAI's data directory (default: $PARLAI_DATAPATH or ParlAI's)",
@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         'publish': _publish,
         'verify': _verify,
     }
-    return exit_status(lambda: commands[args.command](args))
+    return command_line.exit_status(lambda: commands[args.command](args))
 
 
 if __name__ == '__main__':
