@@ -38,16 +38,15 @@ def script_parser(
         options it takes (``eval_model``, ``train_model``). Its own options are
         then never abbreviated, so that a task's option is not taken for one.
     """
-    if task_parser is None:
-        return argparse.ArgumentParser(
-            prog=f'python -m anti_scaling.scripts.{script}', description=description
+    task: dict[str, Any] = {}
+    if task_parser is not None:
+        task['epilog'] = (
+            f'Any other option goes to the task, as in parlai {task_parser} '
+            '(e.g. -t jsonfile --jsonfile-datapath FILE.jsonl).'
         )
+        task['allow_abbrev'] = False
     return argparse.ArgumentParser(
-        prog=f'python -m anti_scaling.scripts.{script}',
-        description=description,
-        epilog=f'Any other option goes to the task, as in parlai {task_parser} '
-        '(e.g. -t jsonfile --jsonfile-datapath FILE.jsonl).',
-        allow_abbrev=False,
+        prog=f'python -m anti_scaling.scripts.{script}', description=description, **task
     )
 
 
