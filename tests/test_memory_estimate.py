@@ -331,3 +331,11 @@ def test_memory_estimate_command_prints_both_recipes(capsys):
     out = capsys.readouterr().out
     for text in ('blender_400Mdistill', 'blender_1Bdistill', 'peak', 'GiB', '2 P_T'):
         assert text in out
+
+
+def test_memory_estimate_bad_input_is_one_line_and_status_2(capsys):
+    from anti_scaling.scripts import memory_estimate
+
+    assert memory_estimate.main(['--batchsize', '0']) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and '--top-k must be at least 1' in err[0]

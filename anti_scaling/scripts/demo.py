@@ -12,7 +12,7 @@
    generation time and speedup.
 
 Everything is written under ``--out`` (default ``runs/demo``, replaced on each
-run). The training budgets are short, so the models are weak; the point is the
+run; a folder the demo did not write is refused, never deleted). The training budgets are short, so the models are weak; the point is the
 whole path and the trade-off the table shows.
 """
 
@@ -30,9 +30,15 @@ from typing import Any
 
 import torch
 
+from ..errors import DistillationError
 from ..report.models import count_parameters
+from . import command_line
 
 TASK = 'anti_scaling.tasks.chitchat'
+#: Replies generated before timing starts.
+WARMUP_REPLIES = 2
+#: The file that marks ``--out`` as the demo's own folder (safe to replace).
+MARKER = '.anti_scaling_demo'
 DATA = {
     'chitchat_max_conversations': 1500,
     'history_size': 2,
@@ -179,7 +185,7 @@ def generation_seconds(agent: Any, texts: list[str]) -> float:
     Decoding (:func:`load_for_generation`) is greedy (beam size 1) with the
     minimum length set to the maximum, so every model generates the same number
     of tokens and the times compare compute, not reply lengths. Batch size 1;
-    two warm-up replies excluded.
+    the first ``WARMUP_REPLIES`` replies excluded.
     """
     from parlai.core.message import Message
 
@@ -189,7 +195,7 @@ def generation_seconds(agent: Any, texts: list[str]) -> float:
         agent.observe(Message({'text': text, 'episode_done': True}))
         start = time.perf_counter()
         agent.act()
-        if i >= 2:
+        if i >= WARMUP_REPLIES:
             times.append(time.perf_counter() - start)
     return statistics.mean(times)
 
@@ -222,13 +228,41 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--eval-examples', type=int, default=256)
     parser.add_argument('--generation-examples', type=int, default=50)
     args = parser.parse_args(argv)
+    out = os.path.abspath(args.out)
+    return command_line.exit_status(lambda: run_demo(args, out))
+
+
+def check_demo_args(args: argparse.Namespace, out: str) -> None:
+    """One line for bad input, before anything is trained or deleted."""
+    if args.minutes <= 0:
+        raise DistillationError(f'--minutes {args.minutes}: give a positive budget')
+    if args.eval_examples < 1:
+        raise DistillationError(
+            f'--eval-examples {args.eval_examples}: give at least 1'
+        )
+    if args.generation_examples <= WARMUP_REPLIES:
+        raise DistillationError(
+            f'--generation-examples {args.generation_examples}: give more than '
+            f'{WARMUP_REPLIES} (the first {WARMUP_REPLIES} replies warm up, untimed)'
+        )
+    if os.path.exists(out) and not os.path.exists(os.path.join(out, MARKER)):
+        raise DistillationError(
+            f'--out {out} exists and was not written by the demo: choose another '
+            'folder or remove it yourself'
+        )
+
+
+def run_demo(args: argparse.Namespace, out: str) -> int:
+    check_demo_args(args, out)
     torch.manual_seed(0)
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-
-    out = os.path.abspath(args.out)
     if os.path.isdir(out):
         shutil.rmtree(out)
     os.makedirs(out)
+    with open(os.path.join(out, MARKER), 'w') as fh:
+        fh.write(
+            'written by python -m anti_scaling.scripts.demo; replaced on each run\n'
+        )
     datapath = os.path.join(out, 'parlai_data')
     teacher = os.path.join(out, 'teacher', 'model')
     wide = os.path.join(out, 'wide', 'model')

@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--device', choices=['cuda', 'cpu'], default='cuda')
     parser.add_argument('--top-k', type=int, default=32, help='of the teacher cache')
     args = parser.parse_args(argv)
-    return command_line.exit_status(lambda: _print_tables(args), bad_input=1)
+    return command_line.exit_status(lambda: _print_tables(args))
 
 
 def _print_tables(args: argparse.Namespace) -> None:

@@ -25,7 +25,7 @@ from .recipes import RECIPES
 PROG = 'python -m anti_scaling.zoo'
 
 
-def _add_common(parser: argparse.ArgumentParser, datapath: bool = True) -> None:
+def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         '--manifest',
         action='append',
@@ -33,12 +33,11 @@ def _add_common(parser: argparse.ArgumentParser, datapath: bool = True) -> None:
         metavar='PATH',
         help=f'a user manifest adding models (repeatable; also ${ENV_MANIFEST})',
     )
-    if datapath:
-        command_line.add_datapath_arg(
-            parser,
-            default=None,
-            help="ParlAI's data directory (default: $PARLAI_DATAPATH or ParlAI's)",
-        )
+    command_line.add_datapath_arg(
+        parser,
+        default=None,
+        help="ParlAI's data directory (default: $PARLAI_DATAPATH or ParlAI's)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
