@@ -219,6 +219,27 @@ def valid_curve(model_file: str) -> list[dict]:
     ]
 
 
+def curves_table(curves: dict[str, list[dict]]) -> str:
+    """Markdown: per model, the best validation (kept by ``--save-after-valid``), the
+    token accuracy there, and the last validation of the budget."""
+    lines = [
+        '| model | best ppl (step) | token acc at best | best token acc | last ppl (step) |',
+        '|---|---:|---:|---:|---:|',
+    ]
+    for name in sorted(curves):
+        points = [p for p in curves[name] if p['ppl'] is not None]
+        if not points:
+            continue
+        best = min(points, key=lambda p: p['ppl'])
+        last = points[-1]
+        top = max(p['token_acc'] for p in points)
+        lines.append(
+            f"| {name} | {best['ppl']:.1f} ({best['step']}) | {best['token_acc']:.4f} "
+            f"| {top:.4f} | {last['ppl']:.1f} ({last['step']}) |"
+        )
+    return '\n'.join(lines) + '\n'
+
+
 def step_curves(args: argparse.Namespace, layout: Layout) -> None:
     """``OUT/curves.json`` and one plot per corpus: valid ppl against steps."""
     import matplotlib
@@ -228,11 +249,15 @@ def step_curves(args: argparse.Namespace, layout: Layout) -> None:
 
     curves = {}
     for folder, _, files in os.walk(layout.out):
-        if 'model.trainstats' in files and '/search/' not in folder + '/':
-            name = os.path.relpath(folder, layout.out)
+        name = os.path.relpath(folder, layout.out)
+        # the search's own trials are flash runs, summarised by the search
+        if 'model.trainstats' in files and name.split(os.sep)[0] != 'search':
             curves[name] = valid_curve(os.path.join(folder, 'model'))
     path = os.path.join(layout.out, 'curves.json')
     atomic_write(path, lambda fh: json.dump(curves, fh, indent=1))
+    table = curves_table(curves)
+    atomic_write(os.path.join(layout.out, 'curves.md'), lambda fh: fh.write(table))
+    print(table)
     for corpus in ('full', 'corpus2'):
         names = sorted(n for n in curves if n.startswith(corpus + '/'))
         if not names:
@@ -256,14 +281,33 @@ def step_curves(args: argparse.Namespace, layout: Layout) -> None:
     print(f'wrote {path}')
 
 
+def plain_copy(runner: Runner, name: str, model_file: str, narrow: bool) -> str:
+    """``MODEL.plain``: the student as a plain transformer/generator, as users serve
+    it (projections removed from a narrow student; the ``.opt`` rewritten for the
+    others), so that every model is timed without the distillation agent."""
+    argv = [
+        sys.executable, '-m', 'anti_scaling.scripts.remove_projection_matrices',
+        model_file, '--output', model_file + '.plain',
+    ]  # fmt: skip
+    runner.step(f'strip-{name}', argv + ([] if narrow else ['--opt-only']))
+    return model_file + '.plain'
+
+
 def step_report(args: argparse.Namespace, runner: Runner, layout: Layout) -> None:
     """The distillation report of the full students and baselines (test split)."""
     students, labels, baselines = [], [], []
     for path in args.recipe:
+        recipe = resolve_recipe(path)
         name = os.path.splitext(os.path.basename(path))[0]
+        narrow = recipe.agent == NARROW
         students += [
-            layout.student(f'full/{name}'),
-            layout.student(f'full/{name}-baseline'),
+            plain_copy(runner, name, layout.student(f'full/{name}'), narrow),
+            plain_copy(
+                runner,
+                f'{name}-baseline',
+                layout.student(f'full/{name}-baseline'),
+                narrow=False,
+            ),
         ]
         labels += [name, f'{name}-baseline']
         baselines.append(f'{name}-baseline')
@@ -272,8 +316,8 @@ def step_report(args: argparse.Namespace, runner: Runner, layout: Layout) -> Non
         args.teacher, '--students', *students, '--labels', 'teacher', *labels,
         '--baselines', *baselines, '--out', os.path.join(layout.out, 'report'),
         '-t', TASK, '-dp', layout.datapath, '--num-examples',
-        str(args.report_examples), '--threads', '1', '--quantize', 'int8',
-        '--overwrite',
+        str(args.report_examples), '--batchsize', '1', '--beam-size', '4',
+        '--threads', '1', '--quantize', 'int8', '--overwrite',
     ]  # fmt: skip
     runner.step('report', argv)
 
