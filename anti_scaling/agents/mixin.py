@@ -171,7 +171,9 @@ class DistillationMixin(StudentCheckpointMixin):
             self.record_local_metric(name, items)
         prediction = plan.prediction
         if plan.interpolation and self.model.training and prediction.metric in values:
-            plan.interpolation.update(step, float(values[prediction.metric].mean()))
+            plan.interpolation.update(
+                step, float(values[prediction.metric].detach().mean())
+            )
         if self.model.training:
             # under DDP every trainable parameter needs a gradient each step
             total, self._unused_parameters = anchor_unused_modules(
