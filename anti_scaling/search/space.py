@@ -318,7 +318,8 @@ def default_space(
     widths of a quarter, half and all of the teacher's (multiples of its head
     count), its FFN ratio and head count. Losses: the task term fixed at 1,
     the prediction term's weight {1, 4, 16, 64}, temperature {1, 2, 4} and
-    objective {kl, reverse_kl, jsd} (those the agents accept); the hidden,
+    objective {kl, reverse_kl, jsd, skew_kl, skew_reverse_kl, taid} (those
+    the agents accept); the hidden,
     embedding and attention terms off or at the scale measured on the chitchat
     teacher (pre-LayerNorm, width 256; docs/chitchat_results.md), which other
     teachers may need rescaled.
@@ -337,7 +338,14 @@ def default_space(
         'task_loss_coeff': (1.0,),
         'pred_loss_coeff': (1.0, 4.0, 16.0, 64.0),
         'distill_temperature': (1.0, 2.0, 4.0),
-        'pred_loss_type': ('kl', 'reverse_kl', 'jsd'),
+        'pred_loss_type': (
+            'kl',
+            'reverse_kl',
+            'jsd',
+            'skew_kl',
+            'skew_reverse_kl',
+            'taid',
+        ),
         'hidden_loss_coeff': (0.0, 0.25, 1.0),
         'encoder_loss_coeff': (0.0,),
         'embedding_loss_coeff': (0.0, 4.0),
