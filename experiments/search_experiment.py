@@ -166,7 +166,8 @@ def corpus2_variants(steps: int) -> dict[str, list[str]]:
 
 def step_corpus2(args: argparse.Namespace, runner: Runner, layout: Layout) -> None:
     """A teacher of the chitchat teacher's shape on the second corpus, then the
-    recipe's student (and variants) and the baseline, several seeds."""
+    first recipe's student (and variants), the other recipes' students (same shape)
+    and the baseline, several seeds."""
     from experiments.chitchat_experiment import DICT_FLAGS, TEACHER_ARCH
 
     out = os.path.join(layout.out, 'corpus2')
@@ -190,8 +191,15 @@ def step_corpus2(args: argparse.Namespace, runner: Runner, layout: Layout) -> No
     budget = budget_flags(args.corpus2_steps, args.corpus2_valid_steps)
     for seed in args.seeds:
         runs = {'baseline': (NARROW, [*shape_flags(recipe.options), *NO_TEACHER])}
-        for name, extra in corpus2_variants(args.corpus2_steps).items():
-            runs[name] = (recipe.agent, ['--recipe', args.recipe[0], *extra])
+        variants = corpus2_variants(args.corpus2_steps)
+        for name in ('recipe', 'balanced'):
+            runs[name] = (recipe.agent, ['--recipe', args.recipe[0], *variants[name]])
+        # more recipes of the same shape (e.g. the search's choice), as they are
+        for path in args.recipe[1:]:
+            name = os.path.splitext(os.path.basename(path))[0]
+            runs[name] = (resolve_recipe(path).agent, ['--recipe', path])
+        for name in ('handover', 'balanced-handover'):
+            runs[name] = (recipe.agent, ['--recipe', args.recipe[0], *variants[name]])
         for name, (agent, flags) in runs.items():
             model = os.path.join(out, f'{name}-s{seed}', 'model')
             runner.step(
