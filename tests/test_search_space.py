@@ -406,3 +406,17 @@ def test_pruning_rule_by_hand():
     assert prune_reason(10, 11.0, 100.0, ppl_refs, ppl) == (
         'ppl 11 at step 10 > 1.05 x 10 of trial 0 (as cheap or cheaper)'
     )
+
+
+def test_front_outline_steps_down_from_the_slowest_point():
+    from anti_scaling.search.pareto import staircase
+
+    front = [(4.65, 0.216), (2.83, 0.2345), (6.84, 0.171)]
+    assert staircase(front) == [
+        (2.83, 0.2345),
+        (2.83, 0.216),
+        (4.65, 0.216),
+        (4.65, 0.171),
+        (6.84, 0.171),
+    ]
+    assert staircase([(3.0, 0.2)]) == [(3.0, 0.2)]

@@ -152,6 +152,21 @@ def _baseline_section(data: dict) -> list[str]:
     ]
 
 
+def staircase(front: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The outline of what a front of (speedup, quality) points attains, both
+    maximised: from the slowest point, for each faster one, down to its quality
+    at the previous speedup, then across to its speedup.
+
+    ``[(x1, y1), (x2, y2)]`` with ``x1 < x2``, ``y1 > y2`` gives
+    ``[(x1, y1), (x1, y2), (x2, y2)]``.
+    """
+    points = sorted(front)
+    line = points[:1]
+    for (x_prev, _), (x, y) in zip(points, points[1:]):
+        line += [(x_prev, y), (x, y)]
+    return line
+
+
 def plot(data: dict, path: str) -> None:
     """``pareto.png``: every completed trial, the front and the teacher."""
     import matplotlib
@@ -179,9 +194,11 @@ def plot(data: dict, path: str) -> None:
                 **style,
             )
     if front:
+        front.sort(key=lambda t: t['values'][1])
         xs = [t['values'][1] for t in front]
         ys = [t['values'][0] for t in front]
-        ax.plot(xs, ys, color='black', linewidth=1, drawstyle='steps-post', zorder=2)
+        line = staircase(list(zip(xs, ys)))
+        ax.plot(*zip(*line), color='black', linewidth=1, zorder=2)
         ax.scatter(xs, ys, facecolors='none', edgecolors='black', s=110, label='front')
         for t, x, y in zip(front, xs, ys):
             ax.annotate(
