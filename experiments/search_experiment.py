@@ -322,12 +322,12 @@ def step_report(args: argparse.Namespace, runner: Runner, layout: Layout) -> Non
     argv = [
         sys.executable, '-m', 'anti_scaling.scripts.distill_report', '--teacher',
         args.teacher, '--students', *students, '--labels', 'teacher', *labels,
-        '--baselines', *baselines, '--out', os.path.join(layout.out, 'report'),
+        '--baselines', *baselines, '--out', os.path.join(layout.out, args.report_name),
         '-t', TASK, '-dp', layout.datapath, '--num-examples',
         str(args.report_examples), '--batchsize', '1', '--beam-size', '4',
         '--threads', '1', '--quantize', 'int8', '--overwrite',
     ]  # fmt: skip
-    runner.step('report', argv)
+    runner.step(args.report_name, argv)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -349,6 +349,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--corpus2-valid-steps', type=int, default=25)
     p.add_argument('--seeds', type=int, nargs='+', default=[0, 1])
     p.add_argument('--report-examples', type=int, default=400)
+    p.add_argument(
+        '--report-name', default='report', help='the report folder and step name'
+    )
     p.add_argument('--force', action='store_true')
     p.add_argument('--dry-run', action='store_true')
     args = p.parse_args(argv)
