@@ -289,15 +289,16 @@ def step_curves(args: argparse.Namespace, layout: Layout) -> None:
     print(f'wrote {path}')
 
 
-def plain_copy(runner: Runner, name: str, model_file: str, narrow: bool) -> str:
+def plain_copy(runner: Runner, name: str, model_file: str) -> str:
     """``MODEL.plain``: the student as a plain transformer/generator, as users serve
-    it (projections removed from a narrow student; the ``.opt`` rewritten for the
-    others), so that every model is timed without the distillation agent."""
+    it, so that every model is timed without the distillation agent. ``--opt-only``
+    takes students with projections (removed) and without (a search recipe with
+    the prediction term alone has none)."""
     argv = [
         sys.executable, '-m', 'anti_scaling.scripts.remove_projection_matrices',
-        model_file, '--output', model_file + '.plain',
+        model_file, '--output', model_file + '.plain', '--opt-only',
     ]  # fmt: skip
-    runner.step(f'strip-{name}', argv + ([] if narrow else ['--opt-only']))
+    runner.step(f'strip-{name}', argv)
     return model_file + '.plain'
 
 
@@ -305,16 +306,11 @@ def step_report(args: argparse.Namespace, runner: Runner, layout: Layout) -> Non
     """The distillation report of the full students and baselines (test split)."""
     students, labels, baselines = [], [], []
     for path in args.recipe:
-        recipe = resolve_recipe(path)
         name = os.path.splitext(os.path.basename(path))[0]
-        narrow = recipe.agent == NARROW
         students += [
-            plain_copy(runner, name, layout.student(f'full/{name}'), narrow),
+            plain_copy(runner, name, layout.student(f'full/{name}')),
             plain_copy(
-                runner,
-                f'{name}-baseline',
-                layout.student(f'full/{name}-baseline'),
-                narrow=False,
+                runner, f'{name}-baseline', layout.student(f'full/{name}-baseline')
             ),
         ]
         labels += [name, f'{name}-baseline']
