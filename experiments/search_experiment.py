@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 
 from anti_scaling.agents.recipe_files import resolve_recipe
@@ -271,12 +272,19 @@ def step_curves(args: argparse.Namespace, layout: Layout) -> None:
         if not names:
             continue
         fig, ax = plt.subplots(figsize=(7, 4.5))
+        # one colour per student (its seeds share it), dashed for baselines,
+        # thinner for the second and later seeds
+        students = sorted({re.sub(r'-s\d+$', '', n) for n in names})
+        colours = dict(zip(students, plt.cm.tab10.colors))
         for name in names:
             points = [p for p in curves[name] if p['ppl'] is not None]
+            first_seed = not re.search(r'-s[1-9]\d*$', name)
             ax.plot(
                 [p['step'] for p in points],
                 [p['ppl'] for p in points],
                 '--' if 'baseline' in name else '-',
+                color=colours[re.sub(r'-s\d+$', '', name)],
+                linewidth=1.6 if first_seed else 0.8,
                 label=name.split('/', 1)[1],
             )
         ax.set_xlabel('training steps')
