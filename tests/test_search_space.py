@@ -74,14 +74,8 @@ def test_defaults_follow_the_teacher(flags):
     assert space['embedding_size'].choices == (64, 128, 256)  # 256/4, 256/2, 256
     assert space['ffn_ratio'].choices == (4.0,)  # 1024 / 256
     assert space['n_heads'].choices == (4,)
-    assert space['pred_loss_type'].choices == (
-        'kl',
-        'reverse_kl',
-        'jsd',
-        'skew_kl',
-        'skew_reverse_kl',
-        'taid',
-    )
+    objectives = 'kl reverse_kl jsd skew_kl skew_reverse_kl taid'.split()
+    assert space['pred_loss_type'].choices == tuple(objectives)
     assert space['task_loss_coeff'].choices == (1.0,)
     # Widths that the head count does not divide are left out: 24/4 = 6 and
     # 24/2 = 12 are not multiples of 8 heads.
