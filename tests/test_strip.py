@@ -186,6 +186,16 @@ def _unchanged(paths):
     return {p: open(p, 'rb').read() for p in paths if os.path.exists(p)}
 
 
+def test_opt_only_still_removes_projections_that_are_there(narrow_student, tmp_path):
+    model_file = _copy_model(narrow_student, tmp_path / 'src')
+    out = str(tmp_path / 'out' / 'plain')
+    result = remove_projection_matrices(model_file, output=out, opt_only=True)
+    assert len(result.removed) == 2 * (2 + 1 + 2 + 2)
+    saved = torch.load(out, map_location='cpu', weights_only=False)['model']
+    assert not [k for k in saved if 'projection' in k]
+    assert read_opt(out)['model'] == 'transformer/generator'
+
+
 def test_strip_refuses_models_without_projections(teacher_file, tmp_path):
     model_file = _copy_model(teacher_file, tmp_path / 'teacher')
     before = _unchanged([model_file, model_file + '.opt'])

@@ -41,7 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         '--opt-only',
         action='store_true',
-        help='for a wide student (no projections): only rewrite its .opt',
+        help='also take a student without projections (wide, or trained on the '
+        'prediction term alone) and rewrite its .opt; projections that are there '
+        'are removed as usual',
     )
     args = parser.parse_args(argv)
     return command_line.exit_status(lambda: _strip(args))
