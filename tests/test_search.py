@@ -145,9 +145,19 @@ def test_every_trial_is_in_the_json(searched):
     assert (
         data['teacher']['token_acc'] > 0 and data['teacher']['quality_examples'] == 32
     )
+    by_number = {t['number']: t for t in data['trials']}
     for t, (number, _, values) in zip(data['trials'], searched['after']):
         assert t['number'] == number
         if t['state'] != 'complete':
+            continue
+        if t['repeat_of'] is not None:
+            # the sampler drew a finished point again: its outcome, no training
+            earlier = by_number[t['repeat_of']]
+            assert t['params'] == earlier['params'] and t['values'] == earlier['values']
+            assert t['metrics'] == earlier['metrics']
+            assert not os.path.exists(
+                os.path.join(searched['out'], 'trials', f'{number:04d}')
+            )
             continue
         m = t['metrics']
         # The objectives are the measured figures, as stored by optuna.

@@ -414,3 +414,52 @@ def test_front_outline_steps_down_from_the_slowest_point():
         (6.84, 0.171),
     ]
     assert staircase([(3.0, 0.2)]) == [(3.0, 0.2)]
+
+
+def test_a_finished_point_drawn_again_is_not_trained_again():
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+    from optuna.trial import TrialState, create_trial
+
+    from anti_scaling.search.trial import TrialRunner, repeat_of
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(directions=['maximize', 'maximize'])
+    dist = {'kind': CategoricalDistribution(['wide', 'narrow', 'other'])}
+    metrics = {'token_acc': 0.2, 'speedup': 4.0}
+    study.add_trial(
+        create_trial(
+            params={'kind': 'wide'},
+            distributions=dist,
+            values=[0.2, 4.0],
+            user_attrs={'metrics': metrics, 'curve': [{'step': 1, 'ppl': 9.0}]},
+        )
+    )
+    study.add_trial(
+        create_trial(
+            params={'kind': 'narrow'},
+            distributions=dist,
+            state=TrialState.PRUNED,
+            user_attrs={'pruned': {'step': 100, 'reason': 'worse'}},
+        )
+    )
+    assert repeat_of(study, {'kind': 'wide'}, 7).number == 0
+    assert repeat_of(study, {'kind': 'wide'}, 0) is None  # not itself
+    assert repeat_of(study, {'kind': 'other'}, 7) is None
+
+    study.enqueue_trial({'kind': 'wide'})
+    trial = study.ask(dist)
+    assert TrialRunner.repeat(trial, repeat_of(study, trial.params, trial.number)) == (
+        0.2,
+        4.0,
+    )
+    attrs = study.trials[trial.number].user_attrs
+    assert attrs['repeat_of'] == 0 and attrs['metrics'] == metrics
+    assert attrs['curve'] == [{'step': 1, 'ppl': 9.0}]
+
+    study.enqueue_trial({'kind': 'narrow'})
+    trial = study.ask(dist)
+    with pytest.raises(optuna.TrialPruned, match='repeats trial 1: worse'):
+        TrialRunner.repeat(trial, repeat_of(study, trial.params, trial.number))
+    attrs = study.trials[trial.number].user_attrs
+    assert attrs['pruned'] == {'step': 100, 'reason': 'repeats trial 1: worse'}

@@ -86,6 +86,7 @@ def trial_data(t: FrozenTrial) -> dict[str, Any]:
         'curve': attrs.get('curve', []),
         'cost': attrs.get('cost'),
         'pruned': attrs.get('pruned'),
+        'repeat_of': attrs.get('repeat_of'),
         'error': attrs.get('error'),
         'command': attrs.get('command'),
         'worker': attrs.get('worker'),
@@ -95,8 +96,13 @@ def trial_data(t: FrozenTrial) -> dict[str, Any]:
 
 
 def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
-    """The completed trials no other completed trial dominates, slowest first."""
-    trials = [t for t in study.best_trials if t.state == TrialState.COMPLETE]
+    """The completed trials no other completed trial dominates, slowest first
+    (a trial that repeats an earlier one's point appears once, as the earlier)."""
+    trials = [
+        t
+        for t in study.best_trials
+        if t.state == TrialState.COMPLETE and 'repeat_of' not in t.user_attrs
+    ]
     return sorted(trials, key=lambda t: (t.values[1], t.number))
 
 
@@ -265,6 +271,8 @@ def summary_line(t: FrozenTrial, study: optuna.Study, s: SearchSettings) -> str:
             f'teacher), ppl {m["ppl"]:.2f} | {m["speedup"]:.2f}x per reply, '
             f'{m["speedup_per_token"]:.2f}x per token'
         )
+        if 'repeat_of' in t.user_attrs:
+            body += f' (repeats trial {t.user_attrs["repeat_of"]}: not trained again)'
     elif t.state == TrialState.PRUNED:
         body = 'pruned: ' + (
             (data['pruned'] or {}).get('reason') or 'no reason recorded'

@@ -165,6 +165,19 @@ def completed_references(study: optuna.Study, metric: str) -> list[Reference]:
     return refs
 
 
+def repeat_of(
+    study: optuna.Study, params: dict[str, Any], number: int
+) -> optuna.trial.FrozenTrial | None:
+    """The first finished (completed or pruned) trial other than ``number`` with
+    exactly ``params``: every trial trains with the same seed and flags, so the
+    sampler drawing a finished point again needs no second training."""
+    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    for t in study.get_trials(deepcopy=False, states=finished):
+        if t.number != number and t.params == params:
+            return t
+    return None
+
+
 @dataclass
 class TrialRunner:
     """The objective optuna calls: one trial, returning (quality, speed)."""
@@ -193,6 +206,9 @@ class TrialRunner:
         argv = trial_argv(candidate, s, self.train_args)
         trial.set_user_attr('command', 'parlai train_model ' + shlex.join(argv))
         trial.set_user_attr('worker', {'host': os.uname().nodename, 'pid': os.getpid()})
+        earlier = repeat_of(trial.study, trial.params, trial.number)
+        if earlier is not None:
+            return self.repeat(trial, earlier)
         curve: list[dict[str, float]] = []
 
         def on_validation(step: int, report: dict) -> None:
@@ -210,6 +226,24 @@ class TrialRunner:
         figures = train_and_measure(argv, trial_dir, ref, on_validation, s)
         trial.set_user_attr('metrics', figures)
         return float(figures[s.quality]), float(figures[s.speed_metric])
+
+    @staticmethod
+    def repeat(
+        trial: optuna.Trial, earlier: optuna.trial.FrozenTrial
+    ) -> tuple[float, float]:
+        """Give ``trial`` the outcome of ``earlier`` (same params), untrained."""
+        trial.set_user_attr('repeat_of', earlier.number)
+        trial.set_user_attr('curve', earlier.user_attrs.get('curve', []))
+        if earlier.state == optuna.trial.TrialState.PRUNED:
+            pruned = earlier.user_attrs.get('pruned', {})
+            reason = f"repeats trial {earlier.number}: {pruned.get('reason', 'pruned')}"
+            trial.set_user_attr(
+                'pruned', {'step': pruned.get('step'), 'reason': reason}
+            )
+            raise optuna.TrialPruned(reason)
+        trial.set_user_attr('metrics', earlier.user_attrs.get('metrics', {}))
+        quality, speed = earlier.values
+        return float(quality), float(speed)
 
 
 def train_and_measure(
