@@ -194,7 +194,6 @@ def plot(data: dict, path: str) -> None:
                 **style,
             )
     if front:
-        front.sort(key=lambda t: t['values'][1])
         xs = [t['values'][1] for t in front]
         ys = [t['values'][0] for t in front]
         line = staircase(list(zip(xs, ys)))
