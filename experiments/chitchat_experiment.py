@@ -395,9 +395,8 @@ def student_command(layout: Layout, student: Student, steps: int) -> list[str]:
     )
 
 
-def strip_command(layout: Layout, student: Student) -> list[str]:
-    """Strip a narrow student into ``MODEL.plain`` (a plain transformer/generator)."""
-    model_file = layout.student(student.name)
+def plain_copy_command(model_file: str, *flags: str) -> list[str]:
+    """Strip ``model_file`` into ``MODEL.plain`` (a plain transformer/generator)."""
     return [
         sys.executable,
         '-m',
@@ -405,7 +404,13 @@ def strip_command(layout: Layout, student: Student) -> list[str]:
         model_file,
         '--output',
         model_file + '.plain',
+        *flags,
     ]
+
+
+def strip_command(layout: Layout, student: Student) -> list[str]:
+    """Strip a narrow student into ``MODEL.plain`` (a plain transformer/generator)."""
+    return plain_copy_command(layout.student(student.name))
 
 
 def final_model(layout: Layout, student: Student) -> str:

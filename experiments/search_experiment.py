@@ -36,6 +36,7 @@ from experiments.chitchat_experiment import (
     Layout,
     Runner,
     parlai,
+    plain_copy_command,
 )
 
 SECOND_TASK = 'anti_scaling.tasks.chatterbot'
@@ -274,8 +275,8 @@ def step_curves(args: argparse.Namespace, layout: Layout) -> None:
         fig, ax = plt.subplots(figsize=(7, 4.5))
         # one colour per student (its seeds share it), dashed for baselines,
         # thinner for the second and later seeds
-        students = sorted({re.sub(r'-s\d+$', '', n) for n in names})
-        colours = dict(zip(students, plt.cm.tab10.colors))
+        student = {n: re.sub(r'-s\d+$', '', n) for n in names}
+        colours = dict(zip(sorted(set(student.values())), plt.cm.tab10.colors))
         for name in names:
             points = [p for p in curves[name] if p['ppl'] is not None]
             first_seed = not re.search(r'-s[1-9]\d*$', name)
@@ -283,7 +284,7 @@ def step_curves(args: argparse.Namespace, layout: Layout) -> None:
                 [p['step'] for p in points],
                 [p['ppl'] for p in points],
                 '--' if 'baseline' in name else '-',
-                color=colours[re.sub(r'-s\d+$', '', name)],
+                color=colours[student[name]],
                 linewidth=1.6 if first_seed else 0.8,
                 label=name.split('/', 1)[1],
             )
@@ -302,11 +303,7 @@ def plain_copy(runner: Runner, name: str, model_file: str) -> str:
     it, so that every model is timed without the distillation agent. ``--opt-only``
     takes students with projections (removed) and without (a search recipe with
     the prediction term alone has none)."""
-    argv = [
-        sys.executable, '-m', 'anti_scaling.scripts.remove_projection_matrices',
-        model_file, '--output', model_file + '.plain', '--opt-only',
-    ]  # fmt: skip
-    runner.step(f'strip-{name}', argv)
+    runner.step(f'strip-{name}', plain_copy_command(model_file, '--opt-only'))
     return model_file + '.plain'
 
 
