@@ -12,8 +12,9 @@
    generation time and speedup.
 
 Everything is written under ``--out`` (default ``runs/demo``, replaced on each
-run; a folder the demo did not write is refused, never deleted). The training budgets are short, so the models are weak; the point is the
-whole path and the trade-off the table shows.
+run; a folder the demo did not write is refused, never deleted). The training
+budgets are short, so the models are weak; the point is the whole path and the
+trade-off the table shows.
 """
 
 from __future__ import annotations

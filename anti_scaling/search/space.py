@@ -319,10 +319,9 @@ def default_space(
     count), its FFN ratio and head count. Losses: the task term fixed at 1,
     the prediction term's weight {1, 4, 16, 64}, temperature {1, 2, 4} and
     objective {kl, reverse_kl, jsd, skew_kl, skew_reverse_kl, taid} (those
-    the agents accept); the hidden,
-    embedding and attention terms off or at the scale measured on the chitchat
-    teacher (pre-LayerNorm, width 256; docs/chitchat_results.md), which other
-    teachers may need rescaled.
+    the agents accept); the hidden, embedding and attention terms off or at
+    the scale measured on the chitchat teacher (pre-LayerNorm, width 256;
+    docs/chitchat_results.md), which other teachers may need rescaled.
     """
     space = {
         'kind': ParamSpec('kind', 'str', KINDS),
