@@ -25,6 +25,7 @@ from anti_scaling.scripts.distill_report import main
 
 NARROW = 'anti_scaling.distillation:DistillNarrowTransformerAgent'
 NUM_EXAMPLES = 12
+TIMED = 6
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 
 
@@ -98,6 +99,14 @@ def report(teacher_file, students, datapath, tmp_path_factory) -> tuple[dict, st
             'plain',
             '--baselines',
             'plain',
+            '--timing-examples',
+            str(TIMED),
+            '--bootstrap',
+            '300',
+            '--target-speedup',
+            '0.5',
+            '--target-share',
+            '0.9',
         )
     )
     assert code == 0
@@ -204,8 +213,8 @@ def test_figures_match_independent_computation(report, teacher_file, datapath):
         [F1Metric.compute(h, [r]).value() for h, r in zip(replies, references)]
     )
     assert greedy_row['f1'] == pytest.approx(f1)
-    # tokens per reply: the reply's tokens and the end token
-    tokens = [len(greedy.dict.txt2vec(r)) + 1 for r in replies]
+    # tokens per reply (of the timed replies): the reply's tokens and the end token
+    tokens = [len(greedy.dict.txt2vec(r)) + 1 for r in replies[:TIMED]]
     assert greedy_row['mean_reply_tokens'] == pytest.approx(np.mean(tokens))
     for decoding in ('greedy', 'beam'):
         student = rows['plain']['generation'][decoding]
@@ -226,7 +235,7 @@ def test_speed_figures(report):
         assert teacher['speedup'] == pytest.approx(1.0)
         for model in data['models']:
             gen = model['generation'][decoding]
-            assert gen['replies'] == NUM_EXAMPLES
+            assert gen['replies'] == TIMED
             assert 0 < gen['mean_s_per_reply'] and 0 < gen['p90_s_per_reply']
             assert gen['speedup'] == pytest.approx(
                 teacher['mean_s_per_reply'] / gen['mean_s_per_reply']
@@ -238,6 +247,67 @@ def test_speed_figures(report):
             assert gen['speedup_per_token'] == pytest.approx(
                 teacher['mean_s_per_token'] / gen['mean_s_per_token']
             )
+
+
+def test_intervals_and_verdicts(report, teacher_file, datapath):
+    data, _ = report
+    rows = {m['label']: m for m in data['models']}
+    assert data['settings']['bootstrap']['resamples'] == 300
+    assert data['settings']['timing_examples'] == TIMED
+    names = ['ppl', 'token_acc', 'teacher_agreement', 'f1_greedy', 'bleu_greedy']
+    names += ['f1_beam', 'bleu_beam']
+    for label, row in rows.items():
+        iv = {name: figures['value'] for name, figures in row['intervals'].items()}
+        assert list(iv) == names
+        # the bootstrap's point estimates are the report's own figures
+        for name in ('ppl', 'token_acc', 'teacher_agreement'):
+            assert iv[name]['value'] == pytest.approx(row[name], rel=1e-9)
+        for d in ('greedy', 'beam'):
+            assert iv[f'f1_{d}']['value'] == pytest.approx(row['generation'][d]['f1'])
+            assert iv[f'bleu_{d}']['value'] == pytest.approx(
+                row['generation'][d]['bleu_ref']
+            )
+        for name in names:
+            v = iv[name]['value']
+            if iv[name]['low'] is not None:
+                assert iv[name]['low'] <= v + 1e-9 and v - 1e-9 <= iv[name]['high']
+            if label == 'teacher':
+                assert 'share' not in row['intervals'][name]
+                continue
+            share = row['intervals'][name]['share']['value']
+            teacher = rows['teacher']['intervals'][name]['value']['value']
+            if name == 'ppl':
+                assert share == pytest.approx(teacher / v)
+            elif teacher:
+                assert share == pytest.approx(v / teacher)
+        for g in row['generation'].values():
+            assert g['speedup_interval']['value'] == pytest.approx(g['speedup'])
+            lo, hi = g['iqr_s_per_reply']
+            assert lo <= g['median_s_per_reply'] <= hi
+            assert g['replies_per_second'] > 0
+            assert 0.0 <= g['same_as_batched'] <= 1.0
+    # the teacher decodes greedily the same with batches of 5 and of 3
+    assert rows['teacher']['generation']['greedy']['same_as_batched'] == 1.0
+    # a stripped student is the same model as its unstripped original: gains 0
+    (pair,) = data['baselines']['pairs']
+    for name in names:
+        gain = pair['intervals'][name]
+        zero = 1.0 if name == 'ppl' else 0.0
+        assert gain['value'] == pytest.approx(zero, abs=1e-6)
+    assert pair['below_baseline']['significant'] == []
+    # verdicts: every student is faster than half the teacher's speed? decided
+    # by its interval; shares of a model equal to the teacher's would be met
+    for label in ('narrow', 'plain'):
+        verdicts = rows[label]['verdicts']
+        assert set(verdicts) == {'speedup_greedy', 'speedup_beam', *names}
+        assert set(verdicts.values()) <= {'met', 'missed', 'undecided'}
+        share = rows[label]['intervals']['token_acc']['share']
+        expected = (
+            'met'
+            if share['low'] >= 0.9
+            else 'missed' if share['high'] < 0.9 else 'undecided'
+        )
+        assert verdicts['token_acc'] == expected
 
 
 def test_files(report):
@@ -252,6 +322,7 @@ def test_files(report):
         table = fh.read()
     for model in data['models']:
         assert f"| {model['label']} |" in table
+    assert '## 95% intervals' in table and 'Targets: speed-up at least x0.5' in table
     assert sorted(os.listdir(out)) == [
         'quality_vs_speed.png',
         'report.json',
@@ -326,6 +397,38 @@ def test_unknown_task(
     args[args.index(TASK)] = 'no_such_task_anywhere'
     assert main(args) == 2
     _one_line_error(capsys, 'no_such_task_anywhere')
+
+
+@pytest.mark.parametrize(
+    'extra, words',
+    [
+        (['--target-share', '1.5'], ['--target-share 1.5', '(0, 1]']),
+        (['--target-share', '0'], ['--target-share 0', '(0, 1]']),
+        (['--bootstrap', '99'], ['--bootstrap 99', 'at least 100']),
+        (['--target-speedup', '-2'], ['--target-speedup -2']),
+        (['--num-examples', '-1'], ['--num-examples']),
+    ],
+)
+def test_bad_numbers_before_any_work(
+    teacher_file, students, datapath, tmp_path, capsys, no_evaluation, extra, words
+):
+    out = tmp_path / 'out'
+    assert main(_args(teacher_file, [students['plain']], out, datapath, *extra)) == 2
+    _one_line_error(capsys, *words)
+    assert not out.exists()
+
+
+def test_timing_sample_larger_than_the_split(
+    teacher_file, students, datapath, tmp_path, capsys, monkeypatch
+):
+    out = tmp_path / 'out'
+    monkeypatch.setattr(build, 'teacher_forced', pytest.fail)
+    args = _args(teacher_file, [students['plain']], out, datapath)
+    assert main([*args, '--timing-examples', str(NUM_EXAMPLES + 1)]) == 2
+    _one_line_error(
+        capsys, f'--timing-examples {NUM_EXAMPLES + 1}', f'{NUM_EXAMPLES} examples'
+    )
+    assert not (out / 'report.json').exists()
 
 
 def test_existing_report_kept_without_overwrite(

@@ -167,6 +167,25 @@ def test_search_trains_the_front_trials_baseline(
         )
     small = m['token_acc_points'] < 1 or m['ppl_ratio'] < 1.05
     assert p['small_margin'] is small and (p['warning'] is not None) is small
+    # 95% intervals: the trial's own (paired with the teacher), and its gain
+    # over the baseline (paired on the same valid examples), around the points
+    share = s['intervals']['token_acc']['share']
+    assert share['value'] == pytest.approx(s['retained_token_acc'])
+    assert share['low'] <= share['value'] <= share['high']
+    ppl = s['intervals']['ppl']['value']
+    assert ppl['value'] == pytest.approx(s['ppl'], rel=1e-6)
+    n = len(s['per_example']['tokens'])
+    assert n == len(b['per_example']['tokens']) > 0
+    gain = p['intervals']['token_acc']
+    assert gain['value'] == pytest.approx(g['token_acc_points'], abs=1e-6)
+    assert p['intervals']['ppl']['value'] == pytest.approx(g['ppl_ratio'], rel=1e-6)
+    below = [
+        k
+        for k in ('ppl', 'token_acc')
+        if p['student_gain']['ppl_ratio' if k == 'ppl' else 'token_acc_points']
+        < (1 if k == 'ppl' else 0)
+    ]
+    assert sorted(p['below_baseline']['point']) == sorted(below)
     assert 'baseline 1+2 d32 f64 h4: training without a teacher for trial 0' in console
     assert (
         f"trial 0 against baseline 1+2 d32 f64 h4: teacher margin {m['token_acc_points']:+.2f}"

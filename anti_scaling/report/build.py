@@ -16,20 +16,26 @@ from ..compat import tolerant_byte_level_decoding
 from ..errors import DistillationError, check_at_least_one
 from .evaluation import (
     agreement,
+    agreement_counts,
     bleu,
     collect_examples,
+    f1_per_example,
     open_task,
     teacher_forced,
     text_metrics,
 )
+from .intervals import MIN_RESAMPLES, bleu_statistics
 from .margins import report_pairs
 from .models import Model, check_inputs, load_models
 from .quantize import SCHEMES, with_int8_copies
 from .timing import decoding_options, time_generation
+from .uncertainty import attach_intervals, attach_verdicts, example_columns
 from .writing import check_output, write_report
 
 ARCH_KEYS = ('embedding_size', 'ffn_size', 'n_heads', 'variant')
 SAMPLES = 3
+#: Examples timed at batch size 1 unless --timing-examples says otherwise.
+TIMING_SAMPLE = 100
 
 
 @dataclass
@@ -43,7 +49,10 @@ class ReportSettings:
     datapath: str
     labels: list[str] | None = None
     baselines: list[str] = field(default_factory=list)
-    num_examples: int = 200
+    #: Examples evaluated for quality (0: the whole split).
+    num_examples: int = 0
+    #: Examples timed at ``batchsize`` (None: the first 100, or all if fewer).
+    timing_examples: int | None = None
     batchsize: int = 1
     eval_batchsize: int = 32
     beam_size: int = 4
@@ -55,13 +64,34 @@ class ReportSettings:
     progress: bool = True
     #: ``'int8'``: add a dynamically quantised copy of every model.
     quantize: str | None = None
+    #: Bootstrap resamples of the 95% intervals.
+    bootstrap: int = 1000
+    #: Targets for the verdicts: speed-up over the teacher, share of its quality.
+    target_speedup: float | None = None
+    target_share: float | None = None
     command: str = ''
 
 
 def _check_numbers(s: ReportSettings) -> None:
-    check_at_least_one(s, ('num_examples', 'batchsize', 'eval_batchsize', 'beam_size'))
+    check_at_least_one(s, ('batchsize', 'eval_batchsize', 'beam_size'))
+    if s.num_examples < 0:
+        raise DistillationError('--num-examples must be >= 0 (0: the whole split)')
+    if s.timing_examples is not None and s.timing_examples < 1:
+        raise DistillationError('--timing-examples must be >= 1')
     if s.warmup < 0:
         raise DistillationError('--warmup must be >= 0')
+    if s.bootstrap < MIN_RESAMPLES:
+        raise DistillationError(
+            f'--bootstrap {s.bootstrap}: use at least {MIN_RESAMPLES} resamples '
+            '(1000 or more for stable 95% intervals)'
+        )
+    if s.target_share is not None and not 0 < s.target_share <= 1:
+        raise DistillationError(
+            f'--target-share {s.target_share} must be in (0, 1], e.g. 0.97 for 97% '
+            "of the teacher's figures"
+        )
+    if s.target_speedup is not None and s.target_speedup <= 0:
+        raise DistillationError(f'--target-speedup {s.target_speedup} must be > 0')
     if not s.students:
         raise DistillationError('--students needs at least one model file')
     if s.quantize is not None and s.quantize not in SCHEMES:
@@ -97,27 +127,33 @@ def _ratio(value: float, reference: float) -> float | None:
     return value / reference if reference else None
 
 
-def _generate(s: ReportSettings, models: list[Model], examples: list) -> tuple:
-    """Every model's replies and timings, per decoding; and the decoding options."""
+def _generate(
+    s: ReportSettings, models: list[Model], examples: list, sample: list
+) -> tuple:
+    """Every model's replies, per decoding: on every example in batches of
+    ``--eval-batchsize`` (quality and replies per second), and on the timing
+    sample in batches of ``--batchsize`` (seconds per reply); and the options."""
     decodings = ['greedy'] + (['beam'] if s.beam_size > 1 else [])
     options = {d: decoding_options(d, s.beam_size) for d in decodings}
-    generations = {}
+    runs = {'quality': (examples, s.eval_batchsize), 'timing': (sample, s.batchsize)}
+    generations: dict[str, dict] = {run: {} for run in runs}
     for d in decodings:
-        with tqdm(
-            total=len(examples) * len(models),
-            desc=f'generation ({d})',
-            unit='reply',
-            disable=not s.progress,
-        ) as bar:
-            generations[d] = time_generation(
-                [m.agent for m in models],
-                examples,
-                options[d],
-                s.batchsize,
-                s.warmup,
-                bar.update,
-            )
-    return generations, options
+        for run, (items, batchsize) in runs.items():
+            with tqdm(
+                total=len(items) * len(models),
+                desc=f'generation ({d}, {run}, batch size {batchsize})',
+                unit='reply',
+                disable=not s.progress,
+            ) as bar:
+                generations[run][d] = time_generation(
+                    [m.agent for m in models],
+                    items,
+                    options[d],
+                    batchsize,
+                    s.warmup,
+                    bar.update,
+                )
+    return generations['quality'], generations['timing'], options
 
 
 def _role(model: Model, baselines: list[str]) -> str:
@@ -131,13 +167,20 @@ def _role(model: Model, baselines: list[str]) -> str:
 def _rows(
     models: list[Model],
     forced: list,
-    generations: dict,
+    quality: dict,
+    timing: dict,
     examples: list,
     baselines: list[str],
 ) -> list:
-    """One dict of figures per model (the teacher first)."""
+    """One dict of figures per model (the teacher first).
+
+    Text figures come from the replies to every example (``quality``), seconds
+    per reply from the timing sample (``timing``), replies per second from the
+    batched generation of every example.
+    """
     references = [ex.labels[0] for ex in examples]
-    teacher = {d: gens[0].summary() for d, gens in generations.items()}
+    teacher = {d: gens[0].summary() for d, gens in timing.items()}
+    teacher_rate = {d: gens[0].replies_per_second() for d, gens in quality.items()}
     rows = []
     for i, m in enumerate(models):
         row = {
@@ -153,17 +196,27 @@ def _rows(
             ),
             'generation': {},
         }
-        for d, gens in generations.items():
+        for d, gens in timing.items():
             stats = gens[i].summary()
+            replies = quality[d][i].replies
+            sample = len(gens[i].replies)
+            rate = quality[d][i].replies_per_second()
             row['generation'][d] = {
-                **text_metrics(gens[i].replies, examples),
-                'bleu_ref': bleu(gens[i].replies, references),
-                'bleu_teacher': bleu(gens[i].replies, gens[0].replies),
+                **text_metrics(replies, examples),
+                'bleu_ref': bleu(replies, references),
+                'bleu_teacher': bleu(replies, quality[d][0].replies),
                 **stats,
                 'speedup': teacher[d]['mean_s_per_reply'] / stats['mean_s_per_reply'],
                 'speedup_per_token': (
                     teacher[d]['mean_s_per_token'] / stats['mean_s_per_token']
                 ),
+                'replies_per_second': rate,
+                'throughput_speedup': rate / teacher_rate[d],
+                # Timed replies equal to the batched ones of the same examples.
+                'same_as_batched': sum(
+                    a == b for a, b in zip(gens[i].replies, replies[:sample])
+                )
+                / sample,
             }
         rows.append(row)
     for row in rows:
@@ -173,10 +226,28 @@ def _rows(
                 f'f1_{d}': _ratio(
                     row['generation'][d]['f1'], rows[0]['generation'][d]['f1']
                 )
-                for d in generations
+                for d in timing
             },
         }
     return rows
+
+
+def _timing_count(s: ReportSettings, available: int) -> int:
+    """How many examples are timed: ``--timing-examples``, else up to 100.
+
+    A sample larger than the examples evaluated is refused (one line), before
+    any evaluation.
+    """
+    if s.timing_examples is None:
+        return min(TIMING_SAMPLE, available)
+    if s.timing_examples > available:
+        raise DistillationError(
+            f'--timing-examples {s.timing_examples} is larger than the '
+            f'{available} examples of -t {s.task} ({s.datatype}'
+            + (f', --num-examples {s.num_examples}' if s.num_examples else '')
+            + '): time at most that many'
+        )
+    return s.timing_examples
 
 
 def _settings(s: ReportSettings, models: list[Model], n: int, options: dict) -> dict:
@@ -185,7 +256,8 @@ def _settings(s: ReportSettings, models: list[Model], n: int, options: dict) -> 
         'task_args': list(s.task_args),
         'datatype': s.datatype,
         'num_examples': n,
-        'requested_examples': s.num_examples,
+        'requested_examples': s.num_examples or 'all',
+        'timing_examples': _timing_count(s, n),
         'batchsize': s.batchsize,
         'eval_batchsize': s.eval_batchsize,
         'beam_size': s.beam_size,
@@ -228,6 +300,7 @@ def build_report(s: ReportSettings) -> dict:
     examples = collect_examples(task, models[0].agent, s.num_examples)
     if not examples:
         raise DistillationError(f'-t {s.task} ({s.datatype}) gave no labelled example')
+    sample = examples[: _timing_count(s, len(examples))]
 
     with tqdm(
         total=len(examples) * len(models),
@@ -240,9 +313,9 @@ def build_report(s: ReportSettings) -> dict:
             for m in models
         ]
     with tolerant_byte_level_decoding():
-        generations, options = _generate(s, models, examples)
-    greedy = generations['greedy']
-    rows = _rows(models, forced, generations, examples, s.baselines)
+        quality, timing, options = _generate(s, models, examples, sample)
+    greedy = quality['greedy']
+    rows = _rows(models, forced, quality, timing, examples, s.baselines)
     report = {
         'settings': _settings(s, models, len(examples), options),
         'models': rows,
@@ -262,8 +335,20 @@ def build_report(s: ReportSettings) -> dict:
         'references': [ex.labels[0] for ex in examples],
         'replies': {
             d: {m.label: gens[i].replies for i, m in enumerate(models)}
-            for d, gens in generations.items()
+            for d, gens in quality.items()
         },
     }
+    columns = example_columns(
+        forced,
+        [agreement_counts(f.predictions, forced[0].predictions) for f in forced],
+        {d: [f1_per_example(g.replies, examples) for g in gens] for d, gens in quality.items()},
+        {
+            d: [bleu_statistics(g.replies, report['references']) for g in gens]
+            for d, gens in quality.items()
+        },
+    )
+    seconds = {d: [g.reply_seconds() for g in gens] for d, gens in timing.items()}
+    attach_intervals(report, columns, seconds, s.bootstrap)
+    attach_verdicts(report, s.target_speedup, s.target_share)
     write_report(report, s.out)
     return report

@@ -10,13 +10,13 @@ so the ids mean the same to every model.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import sacrebleu
 from parlai.core.agents import create_agent_from_shared
 from parlai.core.message import Message
-from parlai.core.metrics import TeacherMetrics, normalize_answer
+from parlai.core.metrics import F1Metric, TeacherMetrics, normalize_answer
 from parlai.core.opt import Opt
 from parlai.core.teachers import create_task_agent_from_taskname
 
@@ -89,10 +89,18 @@ def collect_examples(task_agent: Any, context_agent: Any, limit: int) -> list[Ex
 
 @dataclass
 class ForcedResult:
-    """Teacher-forced figures of one model: ParlAI's metrics and its argmax tokens."""
+    """Teacher-forced figures of one model: ParlAI's metrics and its argmax tokens.
+
+    ``per_example`` holds, per example, the sums ParlAI's aggregate metrics are
+    made of: ``loss`` (summed NLL of the label tokens), ``tokens`` (label
+    tokens) and ``correct`` (label tokens whose argmax is the label), so that
+    ``exp(sum loss / sum tokens)`` is ``metrics['ppl']`` and ``sum correct /
+    sum tokens`` is ``metrics['token_acc']``.
+    """
 
     metrics: dict[str, float]
     predictions: list[list[int]]
+    per_example: dict[str, list[float]] = field(default_factory=dict)
 
 
 def _shared_copies(agent: Any, count: int, opt: Opt | None = None) -> tuple[Any, list]:
@@ -141,6 +149,7 @@ def teacher_forced(
     """
     metrics = TeacherMetrics()
     predictions: list[list[int]] = []
+    per_example: dict[str, list[float]] = {'loss': [], 'tokens': [], 'correct': []}
     captured: list = []
 
     def hook(module, inputs, output):  # noqa: ANN001
@@ -158,21 +167,39 @@ def teacher_forced(
             for obs, reply, preds in zip(observations, replies, captured[0]):
                 metrics.evaluate_response(reply, obs['eval_labels'])
                 predictions.append(preds[: len(obs['eval_labels_vec'])].tolist())
+                _add_sums(per_example, reply['metrics'])
             if progress:
                 progress(len(batch))
     finally:
         handle.remove()
     report = metrics.report()
     values = {k: float(report[k].value()) for k in FORCED_METRICS if k in report}
-    return ForcedResult(values, predictions)
+    return ForcedResult(values, predictions, per_example)
+
+
+def _add_sums(per_example: dict[str, list[float]], local: dict) -> None:
+    """Append one example's loss, token and correct-token sums (ParlAI's local
+    ``loss`` and ``token_acc`` metrics are sums over its label tokens)."""
+    loss, acc = local['loss'], local['token_acc']
+    per_example['loss'].append(float(loss._numer))
+    per_example['tokens'].append(float(loss._denom))
+    per_example['correct'].append(float(acc._numer))
+
+
+def agreement_counts(
+    predictions: list[list[int]], reference: list[list[int]]
+) -> list[int]:
+    """Per example, the label tokens where the two models' argmax tokens are equal."""
+    return [
+        sum(a == b for a, b in zip(ours, theirs))
+        for ours, theirs in zip(predictions, reference)
+    ]
 
 
 def agreement(predictions: list[list[int]], reference: list[list[int]]) -> float:
     """Share of label tokens where the two models' argmax tokens are equal."""
-    same = total = 0
-    for ours, theirs in zip(predictions, reference):
-        total += len(theirs)
-        same += sum(a == b for a, b in zip(ours, theirs))
+    total = sum(len(theirs) for theirs in reference)
+    same = sum(agreement_counts(predictions, reference))
     return same / total if total else float('nan')
 
 
@@ -183,6 +210,15 @@ def text_metrics(replies: Sequence[str], examples: Sequence[Example]) -> dict:
         metrics.evaluate_response(Message({'text': reply}), list(example.labels))
     report = metrics.report()
     return {k: float(report[k].value()) for k in ('f1', 'accuracy')}
+
+
+def f1_per_example(replies: Sequence[str], examples: Sequence[Example]) -> list[float]:
+    """ParlAI's F1 of each reply against its references (their mean is
+    :func:`text_metrics`' ``f1``)."""
+    return [
+        float(F1Metric.compute(reply, list(example.labels)).value())
+        for reply, example in zip(replies, examples)
+    ]
 
 
 def bleu(hypotheses: Sequence[str], references: Sequence[str]) -> float:

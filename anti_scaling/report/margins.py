@@ -190,7 +190,10 @@ def markdown_lines(
             f"{_figures(p['student_gain'], decodings, False)} | "
             f"{_figures(p['gap_closed'], decodings, True)} |"
         )
+    if any(p.get('intervals') for p in pairs):
+        lines += ['', *gain_interval_lines(pairs)]
     warnings = [p['warning'] for p in pairs if p['warning']]
+    warnings += [line for p in pairs if (line := below_baseline_line(p))]
     if warnings:
         lines.append('')
         lines += [f'- **{w[:1].upper()}{w[1:]}.**' for w in warnings]
@@ -249,3 +252,50 @@ def summary_line(p: Mapping[str, Any]) -> str:
         f"student gain {g['token_acc_points']:+.2f} (ppl x{g['ppl_ratio']:.3f})"
         + (f', {closed:.0%} of the gap closed' if closed is not None else '')
     )
+
+
+def _interval_text(name: str, gain: Mapping[str, Any]) -> str:
+    if gain['value'] is None:
+        return 'n/a'
+    if name == 'ppl':
+        return f"x{gain['value']:.3f} [{_num(gain['low'], '.3f')}, {_num(gain['high'], '.3f')}]"
+    return f"{gain['value']:+.2f} [{_num(gain['low'], '+.2f')}, {_num(gain['high'], '+.2f')}]"
+
+
+def gain_interval_lines(pairs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """A table of each student's gain over its baseline with 95% intervals
+    (the pairs that have them)."""
+    pairs = [p for p in pairs if p.get('intervals')]
+    names = list(pairs[0]['intervals'])
+    lines = [
+        "Student's gain over its baseline with its 95% interval (paired bootstrap "
+        'over the examples): points for token accuracy, agreement and F1, BLEU '
+        "points, perplexity as the baseline's over the student's (above x1: "
+        'better).',
+        '',
+        '| student | baseline | ' + ' | '.join(names) + ' |',
+        '|---|---|' + '---:|' * len(names),
+    ]
+    for p in pairs:
+        cells = [_interval_text(n, p['intervals'][n]) for n in names]
+        lines.append(
+            f"| {p['student']} | {p['baseline']} | " + ' | '.join(cells) + ' |'
+        )
+    return lines
+
+
+def below_baseline_line(p: Mapping[str, Any]) -> str | None:
+    """One line when a distilled student ends below its same-shape baseline."""
+    below = p.get('below_baseline') or {}
+    point, significant = below.get('point', []), below.get('significant', [])
+    if not point:
+        return None
+    text = (
+        f"warning: {p['student']} ends below {p['baseline']}, the same shape trained "
+        f"without a teacher, on {', '.join(point)}"
+    )
+    if significant:
+        text += f" (beyond the 95% interval on {', '.join(significant)})"
+    else:
+        text += ' (within the 95% interval: not a significant difference)'
+    return text

@@ -47,6 +47,18 @@ class Generation:
     batch_seconds: list[float] = field(default_factory=list)
     batch_sizes: list[int] = field(default_factory=list)
 
+    def replies_per_second(self) -> float:
+        """Replies over the total wall time of their batches (throughput)."""
+        return sum(self.batch_sizes) / sum(self.batch_seconds)
+
+    def reply_seconds(self) -> list[float]:
+        """Seconds per reply of each batch, one entry per reply (batch time / size)."""
+        return [
+            t / n
+            for t, n in zip(self.batch_seconds, self.batch_sizes)
+            for _ in range(n)
+        ]
+
     def summary(self) -> dict[str, float]:
         """Seconds per reply (mean over replies; p90 over batches) and per token.
 

@@ -6,12 +6,13 @@ All three are written atomically, and never over an earlier report unless asked.
 from __future__ import annotations
 
 import json
-import math
 import os
 from typing import Any
 
 from ..errors import DistillationError
 from ..fileio import atomic_path, atomic_write
+from .interval_text import fmt as _fmt
+from .interval_text import interval_section
 from .margins import markdown_lines
 
 FILES = {'json': 'report.json', 'markdown': 'report.md', 'plot': 'quality_vs_speed.png'}
@@ -32,12 +33,6 @@ def check_output(out_dir: str, overwrite: bool) -> None:
             f'{existing[0]} exists: pass --overwrite to replace the earlier report, '
             'or choose another --out'
         )
-
-
-def _fmt(value: Any, digits: int) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return 'n/a'
-    return f'{value:.{digits}f}'
 
 
 def _pair(model: dict, key: str, digits: int, decodings: list[str]) -> str:
@@ -69,13 +64,15 @@ def markdown(report: dict) -> str:
     lines = [
         '# Distillation report',
         '',
-        f"Task `{s['task']}` ({s['datatype']}, the first {s['num_examples']} "
-        f"examples). Teacher forcing: ParlAI's perplexity and token accuracy; "
+        f"Task `{s['task']}` ({s['datatype']}, {_examples_text(s)}). Teacher "
+        "forcing: ParlAI's perplexity and token accuracy; "
         "teacher agreement = share of label tokens where the model's argmax equals "
         "the teacher's. Generation "
-        f"({names}; replies of at most {s['max_reply_tokens']} tokens): ParlAI F1 "
+        f"({names}; replies of at most {s['max_reply_tokens']} tokens, every "
+        f"example in batches of {s['eval_batchsize']}): ParlAI F1 "
         'and sacrebleu corpus BLEU (normalised text) against the references and '
-        "against the teacher's replies. Speed: seconds per reply on CPU, batch "
+        "against the teacher's replies. Speed: seconds per reply on CPU on the "
+        f"first {s.get('timing_examples', s['num_examples'])} examples, batch "
         f"size {s['batchsize']}, {s['threads']} torch thread(s), "
         f"{s['warmup_batches']} warm-up batch(es) excluded; speedup = teacher's "
         "mean / model's mean. Replies differ in length, so the time per generated "
@@ -111,9 +108,17 @@ def markdown(report: dict) -> str:
             + ' |'
         )
     lines.append('')
+    if any(m.get('intervals') for m in report['models']):
+        lines += interval_section(report, decodings)
     if report.get('baselines'):
         lines += _baseline_section(report['baselines'], decodings)
     return '\n'.join(lines)
+
+
+def _examples_text(s: dict) -> str:
+    if s.get('requested_examples') == 'all':
+        return f"all {s['num_examples']} examples"
+    return f"the first {s['num_examples']} examples"
 
 
 def _baseline_section(baselines: dict, decodings: list[str]) -> list[str]:

@@ -1,28 +1,40 @@
 """Compare a teacher and its students: quality against generation speed.
 
     python -m anti_scaling.scripts.distill_report --teacher T --students A B ... \\
-        --out DIR -t TASK [-dp DP] [--num-examples N] [--batchsize B] \\
-        [--beam-size K] [--labels NAME ...] [--baselines NAME ...] [--overwrite] \\
-        [--quantize int8] [TASK OPTIONS]
+        --out DIR -t TASK [-dp DP] [--num-examples N] [--timing-examples M] \\
+        [--batchsize B] [--eval-batchsize E] [--beam-size K] [--labels NAME ...] \\
+        [--baselines NAME ...] [--bootstrap R] [--target-speedup X] \\
+        [--target-share S] [--overwrite] [--quantize int8] [TASK OPTIONS]
 
-Evaluates every model (teacher included) on the same first ``N`` examples of
-the task's test split and writes ``DIR/report.json`` (every figure and the
-settings), ``DIR/report.md`` (the table) and ``DIR/quality_vs_speed.png``.
-Per model: parameters; ParlAI's perplexity and token accuracy under teacher
-forcing; teacher agreement (share of label tokens where the model's argmax
-equals the teacher's); for greedy search and beam search of size ``K``: ParlAI's
-F1 and sacrebleu corpus BLEU against the references and against the teacher's
-replies, seconds per reply on CPU (mean and p90, batch size ``B``, warm-up
-excluded) and the speedup over the teacher. Students may be stripped plain
-models or unstripped distillation students; they must use the teacher's
-dictionary. ``--baselines`` names the students (by label) trained without a
-teacher: the plot draws them apart. ``--quantize int8`` adds, after each
-model, a copy with its linear layers dynamically quantised to int8, evaluated
-and timed like the others (rows labelled ``'<label> int8'``). With
-``--baselines``, each distilled student is paired with the baseline of its
-shape: the report states the teacher's margin over that baseline, the
-student's gain over it and the share of the gap it closed, and warns when the
-margin is small (:mod:`anti_scaling.report.margins`).
+Evaluates every model (teacher included) on the same examples of the task's
+test split (all of them unless ``--num-examples N``) and writes
+``DIR/report.json`` (every figure and the settings), ``DIR/report.md`` (the
+table) and ``DIR/quality_vs_speed.png``. Per model: parameters; ParlAI's
+perplexity and token accuracy under teacher forcing; teacher agreement (share
+of label tokens where the model's argmax equals the teacher's); for greedy
+search and beam search of size ``K``: ParlAI's F1 and sacrebleu corpus BLEU
+against the references and against the teacher's replies (replies to every
+example, generated in batches of ``E``); seconds per reply on CPU on the first
+``M`` examples (default 100) at batch size ``B`` (mean, median, interquartile
+range and p90; warm-up excluded), replies per second at batch size ``E``, and
+the speed-ups over the teacher. Every quality figure carries a 95% interval
+from a paired bootstrap over the examples (``R`` resamples, the same for every
+model), for its value, its share of the teacher's and the gain over the
+baseline; the speed-up carries one over the timed replies. With
+``--target-speedup`` and ``--target-share`` each model gets a verdict per
+measure: met, missed or undecided at 95%.
+
+Students may be stripped plain models or unstripped distillation students;
+they must use the teacher's dictionary. ``--baselines`` names the students (by
+label) trained without a teacher: the plot draws them apart. ``--quantize
+int8`` adds, after each model, a copy with its linear layers dynamically
+quantised to int8, evaluated and timed like the others (rows labelled
+``'<label> int8'``). With ``--baselines``, each distilled student is paired
+with the baseline of its shape: the report states the teacher's margin over
+that baseline, the student's gain over it (with its interval) and the share of
+the gap it closed, warns when the margin is small
+(:mod:`anti_scaling.report.margins`) and says when the student ends below its
+baseline.
 
 Every other option goes to the task, as in ``parlai eval_model``: e.g.
 ``-t jsonfile --jsonfile-datapath FILE.jsonl``, ``-t fromfile:parlaiformat
@@ -31,8 +43,9 @@ and those the task declares; the older form puts them after ``--``). ``-dt`` and
 ``-bs`` are this script's ``--datatype`` and ``--batchsize``.
 
 Bad input (a missing model file, a student with another dictionary, an unknown
-task or task option, an existing report without ``--overwrite``) stops with one
-line before any evaluation.
+task or task option, an existing report without ``--overwrite``, a target
+share outside (0, 1], fewer than 100 resamples, a timing sample larger than the
+examples evaluated) stops with one line before any evaluation.
 """
 
 from __future__ import annotations
@@ -62,16 +75,30 @@ def parser() -> argparse.ArgumentParser:
     command_line.add_datapath_arg(p)
     p.add_argument('-dt', '--datatype', default='test', help='split (default test)')
     p.add_argument(
-        '--num-examples', type=int, default=200, help='first N examples (200)'
+        '--num-examples',
+        type=int,
+        default=0,
+        help='quality on the first N examples (0, the default: the whole split)',
     )
     p.add_argument(
-        '-bs', '--batchsize', type=int, default=1, help='generation batch size (1)'
+        '--timing-examples',
+        type=int,
+        default=None,
+        help='examples timed at --batchsize (default: the first 100)',
+    )
+    p.add_argument(
+        '-bs',
+        '--batchsize',
+        type=int,
+        default=1,
+        help='batch size of the timed generation (1): seconds per reply',
     )
     p.add_argument(
         '--eval-batchsize',
         type=int,
         default=32,
-        help='batch size of the teacher-forced pass (32; not timed)',
+        help='batch size of the teacher-forced pass and of the generation of every '
+        'example (32): quality and replies per second',
     )
     p.add_argument(
         '--beam-size', type=int, default=4, help='beam size (4; 1: greedy only)'
@@ -100,6 +127,25 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help='add a dynamically quantised int8 copy of every model',
     )
+    p.add_argument(
+        '--bootstrap',
+        type=int,
+        default=1000,
+        help='paired bootstrap resamples of the 95%% intervals (1000; at least 100)',
+    )
+    p.add_argument(
+        '--target-speedup',
+        type=float,
+        default=None,
+        help='verdict on each model: is its speed-up interval above this?',
+    )
+    p.add_argument(
+        '--target-share',
+        type=float,
+        default=None,
+        help="verdict on each model: is the interval of its share of the teacher's "
+        'figures above this (in (0, 1], e.g. 0.97)?',
+    )
     p.add_argument('--quiet', action='store_true', help='no progress bars')
     command_line.add_verbose_arg(p)
     return p
@@ -126,20 +172,19 @@ def main(argv: list[str] | None = None) -> int:
 def _report(settings: ReportSettings) -> int:
     """Build the report and print its summary lines."""
     from ..report.build import build_report
-    from ..report.margins import summary_line
+    from ..report.margins import below_baseline_line, summary_line
+    from ..report.interval_text import model_line, verdict_line
 
     report = build_report(settings)
     for m in report['models']:
-        g = m['generation']['greedy']
-        print(
-            f"{m['label']}: ppl {m['ppl']:.2f}, token acc {m['token_acc']:.4f}, "
-            f"F1 {g['f1']:.4f}, greedy {g['mean_s_per_reply']:.4f} s/reply "
-            f"(x{g['speedup']:.2f})"
-        )
+        print(model_line(m))
+        if m.get('verdicts'):
+            print('  targets: ' + verdict_line(m['verdicts']))
     for p in (report['baselines'] or {}).get('pairs', []):
         print(summary_line(p))
-        if p['warning']:
-            print(p['warning'])
+        for line in (p['warning'], below_baseline_line(p)):
+            if line:
+                print(line)
     print(f'report written to {settings.out}')
     return 0
 

@@ -31,7 +31,8 @@ import optuna
 from ..errors import describe_exception
 from ..loss_terms import COEFFICIENTS
 from ..option_keys import SHAPE_KEYS
-from ..report.margins import pair, quality, summary_line
+from ..report.margins import below_baseline_line, pair, quality, summary_line
+from ..report.uncertainty import below_baseline, forced_intervals
 from .candidate import AGENTS, Candidate, candidate_from_data
 from .commands import trial_argv
 from .measure import TeacherReference
@@ -87,11 +88,15 @@ def comparison(
 ) -> dict[str, Any]:
     """The teacher's margin over ``baseline``, the trial's gain, and the warning.
 
+    Where both were measured with per-example sums (on the same examples), the
+    gain carries its paired 95% interval (``intervals``) and ``below_baseline``
+    names the measures where the trial ends below the baseline.
+
     Token accuracy and perplexity on the quality examples; F1 of greedy replies
     on the timed examples (the teacher's, measured with the baseline).
     """
     b = baseline['metrics']
-    return pair(
+    p = pair(
         f'trial {trial_number}',
         f"baseline {baseline['shape']}",
         baseline['shape'],
@@ -101,6 +106,13 @@ def comparison(
         quality(metrics['token_acc'], metrics['ppl'], {'greedy': metrics['f1_greedy']}),
         quality(b['token_acc'], b['ppl'], {'greedy': b['f1_greedy']}),
     )
+    if metrics.get('per_example') and b.get('per_example'):
+        # Both measured on the same valid examples: the gain's paired interval.
+        p['intervals'] = forced_intervals(
+            [b['per_example'], metrics['per_example']], [(1, 0)]
+        )[1][0]
+        p['below_baseline'] = below_baseline(p)
+    return p
 
 
 def train_baseline(
@@ -176,5 +188,6 @@ def train_missing_baselines(
             after_each()
         p = comparison(t.number, t.user_attrs['metrics'], record, teacher)
         echo(summary_line(p))
-        if p['warning']:
-            echo(p['warning'])
+        for line in (p['warning'], below_baseline_line(p)):
+            if line:
+                echo(line)

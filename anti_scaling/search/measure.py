@@ -40,6 +40,7 @@ from ..report.models import (
     load_agent,
 )
 from ..report.timing import decoding_options, time_generation
+from ..report.uncertainty import forced_intervals
 from .space import TeacherShape
 
 TIMING_BATCHSIZE = 1
@@ -190,5 +191,11 @@ def measure_student(model_file: str, ref: TeacherReference) -> dict[str, Any]:
             'f1'
         ],
         'generation': {'teacher': teacher, 'student': student},
+        # Per-example sums, to pair this trial with its baseline later.
+        'per_example': forced.per_example,
     }
+    # 95% intervals of ppl and token accuracy, and of their share of the teacher's.
+    figures['intervals'] = forced_intervals(
+        [ref.forced.per_example, forced.per_example]
+    )[0][1]
     return figures
