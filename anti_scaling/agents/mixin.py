@@ -8,6 +8,7 @@ computed by :mod:`anti_scaling.agents.term_values`. The agents in
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from typing import Any
 
 import torch
@@ -22,8 +23,15 @@ from ..parallel.ddp import anchor_unused_modules, release_gradients
 from .capture import LOGITS, capture_states
 from .checkpoints import StudentCheckpointMixin
 from .encoder_sharing import provide_encoder_states
+from .fused_prediction import (
+    check_fusable,
+    fused_chunk_size,
+    fused_output_terms,
+    record_generator_metrics,
+)
 from .on_policy import OnPolicySchedule, on_policy_batch
 from .options import add_distillation_args
+from .output_layer import decoder_states
 from .plan import DistillPlan
 from .plan_checks import dry_run_batch
 from .run_setup import RunSetup, StudentKind, prepare_run
@@ -93,6 +101,10 @@ class DistillationMixin(StudentCheckpointMixin):
             self.NULL_IDX, d[d.start_token], d[d.end_token], d[d.unk_token]
         )
         prepare_student_model(model, self.distillation, self.opt, self.wide, dry_run)
+        if fused_chunk_size(self.opt):
+            check_fusable(
+                model, [t.model for t in self.teachers if t.model is not None]
+            )
         return model
 
     def build_lr_scheduler(self, states=None, hard_reset=False):  # noqa: ANN001
@@ -133,33 +145,51 @@ class DistillationMixin(StudentCheckpointMixin):
             plan.interpolation_at(step),
             getattr(self._student_model, PROJECTIONS_ATTR, None),
         )
+        fused_training = self.model.training and not return_output
+        chunk = fused_chunk_size(self.opt) if fused_training else None
         encoder_states = self._shared_encoder_states(batch)
         teacher_states, teacher_output, cached = self._teacher_targets(
-            batch, terms, inputs, encoder_states
+            batch, terms, inputs, encoder_states, fused=chunk is not None
         )
         points = [p.student for t in terms for p in t.pairs if p.student.is_module]
         cloned = plan.cloned.get('student', ())
-        with capture_states(
-            self._student_model, points, clone=cloned
-        ) as student_states:
+        with ExitStack() as stack:
+            student_states = stack.enter_context(
+                capture_states(self._student_model, points, clone=cloned)
+            )
             if encoder_states is not None:
-                with provide_encoder_states(self.model, encoder_states):
-                    task_loss, model_output = self._student_forward(batch, on_policy)
-            else:
-                task_loss, model_output = self._student_forward(batch, on_policy)
-        student_states = {**student_states, LOGITS: model_output[0]}
+                stack.enter_context(provide_encoder_states(self.model, encoder_states))
+            if chunk is not None:
+                stack.enter_context(decoder_states(self._student_model))
+            task_loss, model_output = self._student_forward(batch, on_policy, chunk)
+        if chunk is None:
+            student_states = {**student_states, LOGITS: model_output[0]}
+            total = weights['loss'] * task_loss
+            tokens = model_output[1], teacher_output and teacher_output[1]
+        else:
+            prediction = plan.prediction if plan.prediction in terms else None
+            fused = fused_output_terms(
+                self._student_model,
+                model_output[0],
+                batch.label_vec,
+                inputs,
+                weights,
+                prediction,
+                teacher_output if cached is None else cached,
+                chunk,
+            )
+            if not on_policy:
+                record_generator_metrics(self, batch, fused.loss_per_token, fused.preds)
+            terms, total = tuple(t for t in terms if t is not prediction), fused.loss
+            tokens = fused.preds, fused.teacher_tokens
         values = evaluate_plan(plan, student_states, teacher_states, inputs, terms)
-        total = weights['loss'] * task_loss
         for name, value in values.items():
             total = total + weights[name] * value.mean()
+        if chunk is not None and fused.prediction is not None:
+            values[prediction.metric] = fused.prediction
+        for name, value in values.items():
             self.record_local_metric(name, value.metrics())
-        metrics = step_metrics(
-            model_output[1],
-            None if teacher_output is None else teacher_output[1],
-            cached,
-            inputs,
-            total,
-        )
+        metrics = step_metrics(*tokens, cached, inputs, total)
         batch_size = inputs.label_mask.size(0)
         if self.model.training and self.on_policy.fraction > 0:
             metrics['on_policy'] = AverageMetric.many([float(on_policy)] * batch_size)
@@ -172,7 +202,7 @@ class DistillationMixin(StudentCheckpointMixin):
         prediction = plan.prediction
         if plan.interpolation and self.model.training and prediction.metric in values:
             plan.interpolation.update(
-                step, float(values[prediction.metric].detach().mean())
+                step, float(values[prediction.metric].mean().detach())
             )
         if self.model.training:
             # under DDP every trainable parameter needs a gradient each step
@@ -199,7 +229,7 @@ class DistillationMixin(StudentCheckpointMixin):
             return super().eval_step(batch)
 
     def _teacher_targets(
-        self, batch, terms, inputs: StepInputs, encoder_states=None
+        self, batch, terms, inputs: StepInputs, encoder_states=None, fused=False
     ):  # noqa: ANN001
         """``(states, (logits, tokens) or None, cache entry or None)`` from the
         teachers, or from the teacher-output cache."""
@@ -220,13 +250,19 @@ class DistillationMixin(StudentCheckpointMixin):
             terms,
             inputs.temperature,
             encoder_states,
+            fused,
         )
-        if output is not None:
+        if output is not None and not fused:
             states = {**states, LOGITS: output[0]}
         return states, output, None
 
-    def _student_forward(self, batch, on_policy: bool):  # noqa: ANN001
-        """ParlAI's own loss computation; on own samples, its metrics stay silent."""
+    def _student_forward(
+        self, batch, on_policy: bool, chunk: int | None = None
+    ):  # noqa: ANN001
+        """ParlAI's own loss computation; on own samples, its metrics stay silent.
+        Fused (``chunk``): the model's output alone, ``(None, (states, ...))``."""
+        if chunk is not None:
+            return None, self.model(*self._model_input(batch), ys=batch.label_vec)
         if not on_policy:
             return super().compute_loss(batch, return_output=True)
         self._control_local_metrics(disabled=True)

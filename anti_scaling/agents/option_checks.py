@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..errors import DistillationError
 from ..loss_terms import COEFFICIENTS
+from .fused_prediction import fused_chunk_size
 from .plan import taid_steps
 
 
@@ -42,6 +43,7 @@ def check_required(opt: dict) -> None:
     alpha = float(opt.get('skew_alpha') if opt.get('skew_alpha') is not None else 0.1)
     if not 0 <= alpha < 1:
         raise DistillationError(f'--skew-alpha is {alpha}: it must be in [0, 1)')
+    fused_chunk_size(opt)  # a chunk size that is not a positive integer
     if opt.get('pred_loss_type') == 'taid':
         _check_taid(opt)
     if int(opt.get('handover_steps') or 0) < 0:

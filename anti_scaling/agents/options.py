@@ -194,6 +194,21 @@ def add_distillation_args(
         'the teacher; only the task and forward-KL prediction terms can be used.',
     )
     group.add_argument(
+        '--fused-prediction',
+        type='bool',
+        default=False,
+        help='While training, compute the student\'s output layer, the task loss and '
+        'the prediction term together, --prediction-chunk-size label tokens at a '
+        'time, so that no [tokens x vocabulary] tensor of the whole batch is kept '
+        '(same values and gradients; less memory).',
+    )
+    group.add_argument(
+        '--prediction-chunk-size',
+        type=int,
+        default=1024,
+        help='--fused-prediction: label tokens whose logits exist at once.',
+    )
+    group.add_argument(
         '--freeze-encoder',
         type='bool',
         default=False,

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from .capture import capture_states
 from .objectives import objective
+from .output_layer import decoder_states
 from .plan import DistillPlan, DistillTerm, needs_decoder
 from .teacher import Teacher
 
@@ -49,6 +50,47 @@ def mix_logits(
 
 
 @dataclass
+class TeacherOutputs:
+    """The teachers' decoder states before their output layers (``--fused-prediction``):
+    their logits are made a few rows at a time (:meth:`logits`), never all at once.
+
+    ``states[i]`` is teacher ``i``'s ``[N, D_i]`` (the real label tokens' rows, in
+    the teacher's dtype), ``layers[i]`` its own ``output()``.
+    """
+
+    states: list[torch.Tensor]
+    layers: list[Any]
+    weights: list[float]
+    probabilities: bool
+
+    def rows(self, mask: torch.Tensor) -> TeacherOutputs:
+        """The same, for the ``[B, T]`` states' rows where ``mask`` is true."""
+        return TeacherOutputs(
+            [s[mask] for s in self.states],
+            self.layers,
+            self.weights,
+            self.probabilities,
+        )
+
+    @torch.no_grad()
+    def logits(
+        self, start: int, end: int, temperature: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows ``start:end`` of the mixed logits of :func:`mix_logits` and their argmax
+        (what :meth:`TeacherEnsemble.targets` gives for the whole batch)."""
+        kept = [
+            (w, layer, s)
+            for w, layer, s in zip(self.weights, self.layers, self.states, strict=True)
+            if w > 0
+        ]
+        weights = [w for w, _, _ in kept]
+        outputs = [layer(s[None, start:end])[0] for _, layer, s in kept]
+        logits = mix_logits(outputs, weights, temperature, self.probabilities)
+        tokens = mix_logits(outputs, weights, 1.0, True).argmax(dim=-1)
+        return logits, tokens
+
+
+@dataclass
 class TeacherEnsemble:
     """The frozen teachers of a run, their weights and the intermediate teacher."""
 
@@ -71,14 +113,17 @@ class TeacherEnsemble:
         terms: tuple[DistillTerm, ...],
         temperature: float,
         encoder_states: Any = None,
-    ) -> tuple[dict, tuple[torch.Tensor, torch.Tensor] | None]:
+        fused: bool = False,
+    ) -> tuple[dict, tuple[torch.Tensor, torch.Tensor] | TeacherOutputs | None]:
         """Run the teachers (no gradients) for the active ``terms``.
 
         Returns the intermediate teacher's captured states and, when the
         prediction term is active or a term needs the decoder, ``(logits,
         tokens)``: the logits mixed for the prediction objective
         (:func:`mix_logits`) and their argmax. ``encoder_states`` (a shared
-        encoder's output) replaces the intermediate teacher's encoding.
+        encoder's output) replaces the intermediate teacher's encoding. With
+        ``fused``, the teachers stop before their output layers and
+        :class:`TeacherOutputs` stands for ``(logits, tokens)``.
         """
         prediction = next((t for t in terms if t.on_logits), None)
         module_points = [
@@ -90,7 +135,16 @@ class TeacherEnsemble:
             extra['prev_enc'] = tuple(
                 s.detach() if torch.is_tensor(s) else s for s in encoder_states
             )
-        outputs, weights, states = [], [], {}
+        outputs, weights, states, layers = [], [], {}, []
+
+        def run(model, **kwargs) -> None:  # noqa: ANN001
+            if not fused:
+                outputs.append(model(*model_input, ys=labels, **kwargs)[0])
+                return
+            with decoder_states(model):
+                outputs.append(model(*model_input, ys=labels, **kwargs)[0])
+            layers.append(model.output)
+
         for i, teacher in enumerate(self.teachers):
             model = teacher.model
             if i == self.intermediate and module_points:
@@ -98,20 +152,21 @@ class TeacherEnsemble:
                     model, module_points, clone=plan.cloned.get('teacher', ())
                 ) as captured:
                     if need_decoder:
-                        outputs.append(model(*model_input, ys=labels, **extra)[0])
+                        run(model, **extra)
                         weights.append(self.weights[i])
                     else:
                         model.encoder(*encoder_input)
                 states = captured
             elif prediction is not None:
-                kwargs = extra if i == self.intermediate else {}
-                outputs.append(model(*model_input, ys=labels, **kwargs)[0])
+                run(model, **(extra if i == self.intermediate else {}))
                 weights.append(self.weights[i])
         if not outputs:
             return states, None
         probabilities = (
             prediction is None or objective(prediction.pairs[0].objective).probabilities
         )
+        if fused:
+            return states, TeacherOutputs(outputs, layers, weights, probabilities)
         logits = mix_logits(outputs, weights, temperature, probabilities)
         tokens = mix_logits(outputs, weights, 1.0, True).argmax(dim=-1)
         return states, (logits, tokens)

@@ -20,7 +20,7 @@ from torch import nn
 
 from .. import losses
 from .capture import CapturePoint
-from .objectives import objective
+from .objectives import Objective, objective
 from .plan import DistillPlan, DistillTerm, StatePair
 
 
@@ -117,6 +117,19 @@ def _valid_pairs(positions: str, q_len: int, inputs: StepInputs) -> torch.Tensor
     return losses.cross_attention_pairs(queries, inputs.context_mask)
 
 
+def objective_params(pair: StatePair, inputs: StepInputs) -> tuple[Objective, dict]:
+    """The pair's objective and its keyword parameters at this step (the pair's
+    own, plus the step's temperature and TAID's ``t`` where the objective takes them).
+    """
+    spec = objective(pair.objective)
+    params = dict(pair.params)
+    if 'temperature' in spec.params:
+        params['temperature'] = inputs.temperature
+    if 'interpolation' in spec.params:
+        params['interpolation'] = inputs.interpolation
+    return spec, params
+
+
 def evaluate_pair(
     pair: StatePair, student: Any, teacher: Any, inputs: StepInputs
 ) -> losses.TokenMean:
@@ -126,12 +139,7 @@ def evaluate_pair(
     ``ids``, ``logprobs``, ``rest`` and ``found``): the forward KL is then taken
     against the cached distribution.
     """
-    spec = objective(pair.objective)
-    params = dict(pair.params)
-    if 'temperature' in spec.params:
-        params['temperature'] = inputs.temperature
-    if 'interpolation' in spec.params:
-        params['interpolation'] = inputs.interpolation
+    spec, params = objective_params(pair, inputs)
     if spec.compares == 'logits':
         if hasattr(teacher, 'logprobs'):
             found = inputs.label_mask & teacher.found[:, None]

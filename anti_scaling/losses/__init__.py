@@ -5,7 +5,9 @@
 - :mod:`.hidden`: hidden states compared token by token (MSE, cosine, Patient KD);
 - :mod:`.attention`: attention scores, distributions and relations (TinyBERT,
   MiniLM, MiniLMv2) and the masks of valid (query, key) pairs;
-- :mod:`.topk`: the forward KL against a top-k teacher-output cache.
+- :mod:`.topk`: the forward KL against a top-k teacher-output cache;
+- :mod:`.fused_output`: an output layer and the losses on its logits, fused and
+  chunked (no ``[tokens x vocabulary]`` tensor of the whole batch is kept).
 
 Every function returns a :class:`TokenMean` (per-example sums and counts) and
 computes in float32 whatever the dtype of its inputs; each docstring states its
@@ -23,6 +25,7 @@ from .attention import (
     self_attention_pairs,
     value_relation_kl,
 )
+from .fused_output import fused_output_loss
 from .hidden import cosine_embedding_loss, masked_mse, normalized_state_mse
 from .prediction import (
     interpolated_kl,
@@ -47,6 +50,7 @@ __all__ = [
     'causal_attention_pairs',
     'cosine_embedding_loss',
     'cross_attention_pairs',
+    'fused_output_loss',
     'interpolated_kl',
     'logit_mse',
     'masked_mse',
