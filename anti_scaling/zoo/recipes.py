@@ -223,9 +223,10 @@ _CHITCHAT_WEIGHTS = (
     'Coefficients set once from the starting loss magnitudes of a pre-LayerNorm '
     'teacher (hidden states and attention scores are not normalised there), not '
     'tuned: the BlenderBot weights (hidden 64) made the hidden term ~18,000 at the '
-    'first step. On another corpus (docs/search_results.md, two seeds) only '
-    '--pred-loss-coeff 1 was never below a no-teacher student of the same shape; '
-    'start there on new data.'
+    'first step. On a second corpus (docs/search_results.md, two seeds) only '
+    '--pred-loss-coeff 1 was never below a no-teacher student of the same shape, '
+    'but on a third corpus it ended below one (README, "Quality against speed"); '
+    'on new data compare against a no-teacher baseline (distill_report --baselines).'
 )
 _CHITCHAT_WIDE_TERMS = {
     'task_loss_coeff': 1.0,
