@@ -31,8 +31,9 @@ FLOORS = {
     'anti_scaling.pseudo_labels': 3,
     'anti_scaling.fairseq_bart': 3,
     'anti_scaling.distillation': 4,
-    'anti_scaling.scripts': 4,
-    'anti_scaling.zoo.__main__': 4,
+    # Serving stands on export/ (a CTranslate2 folder in, replies out).
+    'anti_scaling.serving': 4,
+    'anti_scaling.scripts': 5,
 }
 #: Modules allowed to be longer than the rule of thumb, and why.
 LONG_MODULES = {'anti_scaling.fairseq_bart': 'one converter, kept whole'}

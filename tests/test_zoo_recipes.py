@@ -8,8 +8,8 @@ import pytest
 
 from anti_scaling.agents.layer_maps import uniform_layer_map
 from anti_scaling.errors import DistillationError
+from anti_scaling.scripts.zoo import main
 from anti_scaling.zoo import RECIPES, apply_recipe, recipe_options
-from anti_scaling.zoo.__main__ import main
 from anti_scaling.zoo.manifest import ENV_MANIFEST, load_catalog
 from anti_scaling.zoo.recipes import RECIPE_KEYS, get_recipe, recipe_teacher_mismatches
 

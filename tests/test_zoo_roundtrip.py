@@ -12,8 +12,8 @@ from zoo_support import PROXY_VARIABLES, FileServer
 
 from anti_scaling.errors import DistillationError
 from anti_scaling.export.publish import publish_model
+from anti_scaling.scripts.zoo import main
 from anti_scaling.zoo import install_zoo_finder, zoo_path
-from anti_scaling.zoo.__main__ import main
 from anti_scaling.zoo.download import MARKER, model_dir
 from anti_scaling.zoo.manifest import ENV_MANIFEST, ENV_MIRROR, read_manifest
 

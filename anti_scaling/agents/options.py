@@ -71,7 +71,7 @@ def add_distillation_args(
         type=str,
         default=None,
         help='A named set of student shape, layer maps and loss coefficients '
-        '(python -m anti_scaling.zoo list), or a recipe file (.json/.yaml, e.g. '
+        '(python -m anti_scaling.scripts.zoo list), or a recipe file (.json/.yaml, e.g. '
         'written by python -m anti_scaling.scripts.search); flags on the command '
         'line win.',
     )

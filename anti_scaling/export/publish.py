@@ -1,6 +1,6 @@
 """Turn a stripped student into a zoo archive and its manifest entry.
 
-    python -m anti_scaling.zoo publish MODEL_FILE --name NAME --output-dir DIR \\
+    python -m anti_scaling.scripts.zoo publish MODEL_FILE --name NAME --output-dir DIR \\
         [--recipe R] [--teacher T] [--report REPORT.json] [--merge-into MANIFEST]
 
 writes ``DIR/NAME.tar.gz`` (``model``, ``model.opt``, ``model.dict`` and, if

@@ -6,7 +6,7 @@
 - :mod:`.publish`: turn a stripped student into an archive and manifest entry.
 - :mod:`.finder`: ``zoo:anti_scaling/NAME/model`` in ParlAI commands.
 
-Command line: ``python -m anti_scaling.zoo {list,download,publish,verify}``.
+Command line: ``python -m anti_scaling.scripts.zoo {list,download,publish,verify}``.
 Importing this package installs the ParlAI import hook (:func:`install_zoo_finder`);
 nothing heavier is imported until used.
 """

@@ -13,7 +13,7 @@ The hook exists once ``anti_scaling.zoo`` is imported, which our agents do: so
 ``--teacher-model``, ``--init-model``, ``-mf`` and ``--dict-file`` take zoo names
 in any command with ``-m anti_scaling.distillation:...``. A plain ParlAI command
 (``-m transformer/generator``) never imports us: there, run
-``python -m anti_scaling.zoo download NAME`` and pass the path it prints.
+``python -m anti_scaling.scripts.zoo download NAME`` and pass the path it prints.
 """
 
 from __future__ import annotations

@@ -144,7 +144,7 @@ def unknown_model_message(name: str, known: Iterable[str]) -> str:
     names = ', '.join(sorted(known)) or '(none)'
     return (
         f'unknown zoo model {name!r}: known models are {names} (add your own with '
-        f'--manifest or {ENV_MANIFEST}; see python -m anti_scaling.zoo list)'
+        f'--manifest or {ENV_MANIFEST}; see python -m anti_scaling.scripts.zoo list)'
     )
 
 

@@ -80,7 +80,7 @@ class Recipe:
         return 'Narrow' not in self.agent
 
     def summary(self) -> str:
-        """One line: shape and agent, for ``python -m anti_scaling.zoo list``."""
+        """One line: shape and agent, for ``python -m anti_scaling.scripts.zoo list``."""
         s = self.student_shape
         shape = (
             f"{s['n_encoder_layers']} enc / {s['n_decoder_layers']} dec layers, "
@@ -316,7 +316,7 @@ def get_recipe(name: str | Recipe) -> Recipe:
     known = ', '.join(sorted(RECIPES)) or '(none)'
     raise DistillationError(
         f'unknown recipe {name!r}: known recipes are {known} '
-        '(see python -m anti_scaling.zoo list), or give a recipe file (.json, .yaml)'
+        '(see python -m anti_scaling.scripts.zoo list), or give a recipe file (.json, .yaml)'
     )
 
 

@@ -91,31 +91,49 @@ BART = Family(
     masks_start=False,
 )
 FAMILIES = (BLENDERBOT, BLENDERBOT_SMALL, BART)
+#: ``--variant aiayn`` (post-LayerNorm, no embedding LayerNorm): no transformers
+#: counterpart, but CTranslate2 expresses it (:mod:`anti_scaling.export.ct2`).
+AIAYN = Family(
+    '',
+    '',
+    'aiayn',
+    'transformer/generator',
+    final_layer_norm=False,
+    position_offset=0,
+    decoder_prefix=1,
+    masks_start=True,
+)
 #: The value ParlAI writes into the start token's logit (``neginf`` in float32).
 NEG_INF = -1e20
 
 
-def family_of_opt(opt: dict, parlai_model: str, model_file: str) -> Family:
+def family_of_opt(
+    opt: dict,
+    parlai_model: str,
+    model_file: str,
+    families: tuple[Family, ...] = FAMILIES,
+    target: str = 'transformers',
+) -> Family:
     """The family of a plain ParlAI model (``parlai_model``: ``bart`` or ``transformer/generator``).
 
-    Raises :class:`DistillationError` (one line) for a layout with no exact
-    counterpart.
+    ``families``: those the ``target`` format expresses. Raises
+    :class:`DistillationError` (one line) for a layout with no exact counterpart.
     """
     variant = opt.get('variant') or 'aiayn'
-    for family in FAMILIES:
+    for family in families:
         if family.parlai_model == parlai_model and family.variant == variant:
             break
     else:
         raise DistillationError(
             f'{model_file}: -m {parlai_model} --variant {variant} has no exact '
-            'transformers counterpart (supported: transformer/generator with '
-            '--variant prelayernorm -> Blenderbot, --variant xlm -> BlenderbotSmall; '
-            'bart -> Bart); nothing was written'
+            f'{target} counterpart (supported: '
+            + '; '.join(f'{f.parlai_model} --variant {f.variant}' for f in families)
+            + '); nothing was written'
         )
     activation = opt.get('activation', 'relu')
     if activation not in ACTIVATIONS:
         raise DistillationError(
-            f'{model_file}: --activation {activation} has no transformers '
+            f'{model_file}: --activation {activation} has no {target} '
             'counterpart (relu, gelu); nothing was written'
         )
     return family

@@ -7,7 +7,9 @@ The folder holds what ``AutoModelForSeq2SeqLM.from_pretrained`` and
 (ParlAI's way of building the input), ``README.md`` and, on request,
 ``verification.json`` and an int8 copy (``int8/model_int8.pt``). Every check
 runs before anything is written, and the folder is written beside its place
-and renamed into it at the end: a failure leaves nothing behind.
+and renamed into it at the end: a failure leaves nothing behind. The model is
+loaded and described by :mod:`..parlai_model`, which the CTranslate2 export
+shares.
 """
 
 from __future__ import annotations
@@ -22,105 +24,23 @@ import torch
 
 from ...errors import DistillationError
 from ...fileio import atomic_directory
-from ...model_files import (
-    PROJECTION_PREFIX,
-    load_checkpoint,
-    load_generator_agent,
-    model_file_opt,
-    plain_model_name,
-    read_model_opt,
-)
 from ...report.quantize import SCHEMES, quantize_int8
+from ..parlai_model import (
+    check_output_folder,
+    load_for_export,
+    model_layout,
+    model_shape,
+)
 from . import parlai_inputs
-from .families import Family, Shape, family_of_opt, hf_config
+from .families import Family, hf_config
 from .generation import generation_config
 from .history import input_settings
 from .readme import folder_readme
-from .tokenizer import build_tokenizer, check_dictionary, tokenizer_config
-from .weights import Layout, parlai_to_hf
+from .tokenizer import build_tokenizer, tokenizer_config
+from .weights import parlai_to_hf
 
 INT8_DIR = 'int8'
 INT8_FILE = 'model_int8.pt'
-
-
-def check_output_folder(out_dir: str, overwrite: bool) -> None:
-    """Refuse (one line) an existing output folder unless ``overwrite``."""
-    if os.path.exists(out_dir) and not overwrite:
-        raise DistillationError(
-            f'{out_dir} exists: pass --overwrite to replace it, or choose another '
-            'folder; nothing was written'
-        )
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise DistillationError(
-            f'{out_dir} exists and is not a folder; nothing was written'
-        )
-
-
-def load_for_export(model_file: str, datapath: str) -> tuple[Any, Family]:
-    """Check ``model_file`` and load it as a plain ParlAI agent; and its family.
-
-    Refuses (one line) a student with its projections still inside, a variant
-    or activation with no transformers counterpart, and a dictionary no
-    transformers tokenizer reproduces.
-    """
-    opt = read_model_opt(model_file, role='ParlAI')
-    plain = plain_model_name(opt, model_file)
-    if opt['model'] != plain:
-        states = load_checkpoint(model_file)
-        if any(k.startswith(PROJECTION_PREFIX) for k in states['model']):
-            raise DistillationError(
-                f'{model_file} still holds its training projections: strip it first '
-                f'(python -m anti_scaling.scripts.remove_projection_matrices '
-                f'{model_file}); nothing was written'
-            )
-    family = family_of_opt(opt, plain, model_file)
-    check_dictionary(opt, model_file)
-    overrides = {
-        'model': plain,
-        'no_cuda': True,
-        'datatype': 'valid',
-        'interactive_mode': False,
-        'skip_generation': False,
-    }
-    agent = load_generator_agent(model_file_opt(model_file, datapath, overrides))
-    agent.model.eval()
-    return agent, family
-
-
-def model_shape(agent: Any) -> Shape:
-    """Sizes from the loaded model's weights; special ids from its dictionary."""
-    model, d = agent.model, agent.dict
-    encoder, decoder = model.encoder, model.decoder
-    if len(encoder.layers) == 0 or len(decoder.layers) == 0:
-        raise DistillationError(
-            'a model with no encoder or decoder layer cannot be exported'
-        )
-    return Shape(
-        vocab_size=model.embeddings.weight.size(0),
-        d_model=model.embeddings.weight.size(1),
-        ffn_size=encoder.layers[0].ffn.lin1.weight.size(0),
-        n_heads=encoder.n_heads,
-        n_encoder_layers=len(encoder.layers),
-        n_decoder_layers=len(decoder.layers),
-        n_positions=encoder.position_embeddings.weight.size(0),
-        pad_id=d[d.null_token],
-        start_id=d[d.start_token],
-        end_id=d[d.end_token],
-        unk_id=d[d.unk_token],
-    )
-
-
-def model_layout(agent: Any, family: Family, shape: Shape) -> Layout:
-    """The options :func:`.weights.parlai_to_hf` needs."""
-    opt = agent.opt
-    return Layout(
-        family=family,
-        n_encoder_layers=shape.n_encoder_layers,
-        n_decoder_layers=shape.n_decoder_layers,
-        start_id=shape.start_id,
-        output_scaling=float(opt.get('output_scaling', 1.0) or 1.0),
-        embeddings_scale=bool(opt.get('embeddings_scale', True)),
-    )
 
 
 def build_hf_model(agent: Any, family: Family) -> Any:

@@ -13,7 +13,8 @@ ParlAI's own agent as in ``parlai eval_model``:
    blocking) against ``generate`` with the exported ``generation_config``, are
    identical token for token, and their texts equal (where ParlAI can decode them).
 
-The checks fail loudly: :func:`verify_export` raises :class:`DistillationError`
+The cases and ParlAI's replies come from :mod:`..cases`, shared with the
+CTranslate2 export. The checks fail loudly: :func:`verify_export` raises :class:`DistillationError`
 naming every failing check.
 """
 
@@ -21,48 +22,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from ...errors import DistillationError
-from ...report.evaluation import batches, open_task
+from ...report.evaluation import batches
+from ..cases import DEFAULT_TASK, Case, parlai_greedy, parlai_text, task_cases
 from .families import Family
 
-DEFAULT_TASK = 'anti_scaling.tasks.chitchat'
 TOLERANCE = 1e-4
-
-
-@dataclass
-class Case:
-    """One example: ParlAI's observation (its ids) and the raw turns behind it."""
-
-    observation: Any
-    turns: list[str]
-    label: str
-
-
-def collect_cases(agent: Any, task: Any, limit: int) -> list[Case]:
-    """The first ``limit`` labelled examples, observed by a copy of ``agent``."""
-    from parlai.core.agents import create_agent_from_shared
-    from parlai.core.message import Message
-
-    copy = create_agent_from_shared(agent.share())
-    cases: list[Case] = []
-    while len(cases) < limit:
-        msg = task.act()
-        if not msg or 'text' not in msg:
-            break
-        obs = copy.observe(Message(msg))
-        labels = obs.get('eval_labels') or obs.get('labels')
-        if labels and obs.get('text_vec') is not None:
-            turns = list(copy.history.history_raw_strings)
-            cases.append(Case(obs, turns, labels[0]))
-        copy.self_observe(Message({'text': '', 'episode_done': True}))
-        if task.epoch_done():
-            break
-    return cases
 
 
 def _pad(rows: Sequence[Sequence[int]], pad: int) -> torch.Tensor:
@@ -98,29 +67,6 @@ def max_logit_difference(
     return worst
 
 
-def parlai_greedy(agent: Any, cases: list[Case]) -> list[list[int]]:
-    """ParlAI's greedy replies (token ids after the start token, end included)."""
-    from parlai.core.agents import create_agent_from_shared
-    from parlai.core.opt import Opt
-
-    shared = agent.share()
-    shared['opt'] = Opt({**agent.opt, 'inference': 'greedy', 'beam_size': 1})
-    greedy = create_agent_from_shared(shared)
-    greedy.model.eval()
-    limit = greedy.label_truncate or 256
-    replies = []
-    for chunk in batches(cases, 10):
-        batch = greedy.batchify([c.observation for c in chunk])
-        with torch.no_grad():
-            preds, _ = greedy._generate(batch, 1, limit)
-        for tokens, _score, *_ in preds:
-            tokens = tokens.tolist()
-            replies.append(
-                tokens[1:] if tokens and tokens[0] == greedy.START_IDX else tokens
-            )
-    return replies
-
-
 def hf_greedy(
     model: Any, inputs: Any, cases: list[Case], family: Family
 ) -> list[list[int]]:
@@ -153,18 +99,6 @@ def load_helper(folder: str) -> Any:
     return module
 
 
-def parlai_text(agent: Any, tokens: list[int]) -> str | None:
-    """ParlAI's text of a reply; ``None`` where ParlAI's own decoder fails.
-
-    ParlAI's byte-level BPE decoder asserts that a reply starts with a space
-    when the dictionary adds one, which an untrained model's reply may not.
-    """
-    try:
-        return agent._v2t(tokens)
-    except AssertionError:
-        return None
-
-
 def verify_export(
     agent: Any,
     folder: str,
@@ -185,9 +119,7 @@ def verify_export(
 
     model = AutoModelForSeq2SeqLM.from_pretrained(folder).eval()
     inputs = load_helper(folder).ParlaiInputs.from_pretrained(folder)
-    cases = collect_cases(
-        agent, open_task(task, datatype, datapath, task_args), examples
-    )
+    cases = task_cases(agent, task, datatype, datapath, examples, task_args)
     if not cases:
         raise DistillationError(f'verification: -t {task} ({datatype}) gave no example')
     context_equal = sum(

@@ -82,6 +82,8 @@ def layer_pairs(layout: Layout) -> list[tuple[str, str]]:
             (h + 'fc2', p + 'ffn.lin2'),
             (h + 'final_layer_norm', p + 'norm3'),
         ]
+    if layout.family.variant == 'aiayn':  # ParlAI builds no norm_embeddings
+        return pairs
     norm = 'layer_norm' if layout.family.final_layer_norm else 'layernorm_embedding'
     pairs += [
         (f'model.encoder.{norm}', 'encoder.norm_embeddings'),
