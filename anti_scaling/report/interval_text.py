@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -11,6 +12,14 @@ def fmt(value: Any, digits: int) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return 'n/a'
     return f'{value:.{digits}f}'
+
+
+def table_head(labels: Sequence[str], names: Sequence[str]) -> list[str]:
+    """A Markdown table's two head lines: text columns, then figure columns."""
+    return [
+        '| ' + ' | '.join([*labels, *names]) + ' |',
+        '|' + '---|' * len(labels) + '---:|' * len(names),
+    ]
 
 
 def _span(figure: dict | None, digits: int, scale: float = 1.0) -> str:
@@ -38,14 +47,12 @@ def interval_section(report: dict, decodings: list[str]) -> list[str]:
         "[low, high]; share = model / teacher (perplexity: teacher / model), 1 = "
         "as good as the teacher.",
         '',
-        '| model | ' + ' | '.join(names) + ' |',
-        '|---|' + '---:|' * len(names),
+        *table_head(['model'], names),
     ]
     for m in rows:
         cells = [_span(m['intervals'][n].get('value'), 4) for n in names]
         lines.append(f"| {m['label']} | " + ' | '.join(cells) + ' |')
-    lines += ['', '| share of the teacher | ' + ' | '.join(names) + ' |']
-    lines.append('|---|' + '---:|' * len(names))
+    lines += ['', *table_head(['share of the teacher'], names)]
     for m in rows[1:]:
         cells = [_span(m['intervals'][n].get('share'), 1, 100.0) + ' %' for n in names]
         lines.append(f"| {m['label']} | " + ' | '.join(cells) + ' |')

@@ -28,6 +28,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .interval_text import table_head
+
 #: A teacher less than this many token-accuracy points better is "barely better".
 SMALL_TOKEN_ACC_POINTS = 1.0
 #: ... or whose perplexity is less than 5% below the baseline's (ppl_B / ppl_T).
@@ -273,8 +275,7 @@ def gain_interval_lines(pairs: Sequence[Mapping[str, Any]]) -> list[str]:
         "points, perplexity as the baseline's over the student's (above x1: "
         'better).',
         '',
-        '| student | baseline | ' + ' | '.join(names) + ' |',
-        '|---|---|' + '---:|' * len(names),
+        *table_head(['student', 'baseline'], names),
     ]
     for p in pairs:
         cells = [_interval_text(n, p['intervals'][n]) for n in names]
