@@ -45,13 +45,19 @@ clean:
 # (teacher 42 min, students 48 min, report 7 min on 2 CPU cores): run it in the
 # background, e.g. `nohup make chitchat-experiment > runs/chitchat.log 2>&1 &`.
 # Finished steps are skipped on a rerun; models and logs go to runs/chitchat.
+# The teacher trains until its validation perplexity has not improved for
+# TEACHER_PATIENCE validations (5 minutes apart), TEACHER_MINUTES per sitting:
+# run `make chitchat-teacher` again to continue from its checkpoint.
 # `make chitchat-report` always rebuilds the report from the trained models.
+TEACHER_PATIENCE ?= 4
+TEACHER_MINUTES ?= 42
+TEACHER_FLAGS = --teacher-patience $(TEACHER_PATIENCE) --teacher-minutes $(TEACHER_MINUTES)
 .PHONY: chitchat-teacher chitchat-experiment chitchat-report
 chitchat-teacher: $(STAMP)
-	$(BIN)/python -m experiments.chitchat_experiment teacher --out runs/chitchat
+	$(BIN)/python -m experiments.chitchat_experiment teacher --out runs/chitchat $(TEACHER_FLAGS)
 
 chitchat-experiment: $(STAMP)
-	$(BIN)/python -m experiments.chitchat_experiment all --out runs/chitchat --docs docs/chitchat
+	$(BIN)/python -m experiments.chitchat_experiment all --out runs/chitchat --docs docs/chitchat $(TEACHER_FLAGS)
 
 chitchat-report: $(STAMP)
 	$(BIN)/python -m experiments.chitchat_experiment report --force --out runs/chitchat --docs docs/chitchat

@@ -18,8 +18,11 @@ unless ``-dp`` says otherwise.
 
 Models (all ``transformer/generator`` architectures, one dictionary):
 
-* ``teacher``: 2 encoder + 6 decoder layers, width 256, trained for at most
-  ``--teacher-minutes`` (42 by default);
+* ``teacher``: 2 encoder + 6 decoder layers, width 256, trained for
+  ``--teacher-minutes`` (42 by default), or with ``--teacher-patience N`` (what
+  ``make chitchat-teacher`` uses) until ``N`` validations in a row bring no
+  better perplexity, ``--teacher-minutes`` per sitting, each sitting resuming
+  from the checkpoint;
 * every student trains for ``--steps`` updates (1,000) with the teacher's
   optimiser, batch size and seed;
 * students A (2 + 1 layers, width 256: the teacher with 5 of its 6 decoder
@@ -321,8 +324,11 @@ def train_command(
     )
 
 
-def teacher_command(layout: Layout, minutes: float) -> list[str]:
-    """Train the teacher for at most ``minutes`` (validating every 5 minutes)."""
+def teacher_command(layout: Layout, minutes: float, patience: int = 0) -> list[str]:
+    """Train the teacher until ``minutes`` of training in all (validating every 5
+    minutes); with ``patience``, stop earlier after that many validations
+    without a better perplexity. ParlAI resumes from ``MODEL.checkpoint`` (its
+    weights, optimiser, training time and impatience) when one exists."""
     return train_command(
         layout,
         'transformer/generator',
@@ -344,7 +350,20 @@ def teacher_command(layout: Layout, minutes: float) -> list[str]:
         '300',
         '--save-after-valid',
         'true',
+        '--validation-patience',
+        str(patience),
     )
+
+
+def teacher_progress(layout: Layout) -> tuple[float, int]:
+    """Seconds trained so far and validations since the best one, from the
+    teacher's checkpoint (0, 0 when there is none)."""
+    path = layout.teacher + '.checkpoint.trainstats'
+    if not os.path.exists(path):
+        return 0.0, 0
+    with open(path) as fh:
+        stats = json.load(fh)
+    return float(stats.get('train_time') or 0.0), int(stats.get('impatience') or 0)
 
 
 def valid_eval_command(layout: Layout, model_file: str, report: str) -> list[str]:
@@ -452,19 +471,51 @@ def report_command(layout: Layout, out: str, args: argparse.Namespace) -> list[s
     ]
 
 
-def run_teacher(runner: Runner, args: argparse.Namespace) -> None:
-    """Dictionary, teacher, and the teacher's valid perplexity and F1."""
+def run_teacher(runner: Runner, args: argparse.Namespace) -> bool:
+    """Dictionary, teacher, and the teacher's valid perplexity and F1.
+
+    Without ``--teacher-patience`` the teacher trains ``--teacher-minutes`` from
+    scratch. With it, it trains until its validation perplexity has not improved
+    for that many validations, across sittings: each run adds up to
+    ``--teacher-minutes`` of training to the checkpoint's and stops there; the
+    step is done only once patience has run out (``--restart-teacher`` starts
+    over). Returns whether the teacher is ready for its students.
+    """
     layout = runner.layout
     runner.step('dict', dict_command(layout), fresh=layout.dict_file)
-    runner.step(
-        'teacher',
-        teacher_command(layout, args.teacher_minutes),
-        fresh=os.path.dirname(layout.teacher),
-    )
+    patience = args.teacher_patience
+    if not patience:
+        runner.step(
+            'teacher',
+            teacher_command(layout, args.teacher_minutes),
+            fresh=os.path.dirname(layout.teacher),
+        )
+    elif not os.path.exists(runner.marker('teacher')) or runner.force:
+        if args.restart_teacher and os.path.isdir(os.path.dirname(layout.teacher)):
+            shutil.rmtree(os.path.dirname(layout.teacher))
+        trained, impatience = teacher_progress(layout)
+        if impatience < patience:
+            total = trained / 60 + args.teacher_minutes
+            runner.run('teacher', teacher_command(layout, total, patience))
+            trained, impatience = teacher_progress(layout)
+        if runner.dry_run:
+            return True
+        if impatience < patience:
+            os.remove(runner.marker('teacher'))
+            print(
+                f'[teacher] not converged after {trained / 60:.0f} min of training '
+                f'({impatience} of {patience} validations without improvement): '
+                'run the same command again to continue from the checkpoint',
+                flush=True,
+            )
+            return False
+        with open(runner.marker('teacher'), 'w') as fh:
+            fh.write(f'{trained:.0f} s, converged\n')
     report = os.path.join(layout.out, 'teacher', 'valid_report.json')
     runner.step('teacher-valid', valid_eval_command(layout, layout.teacher, report))
     if not runner.dry_run:
         summarize_teacher(layout)
+    return True
 
 
 def train_summary(model_file: str) -> dict:
@@ -589,7 +640,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--out', default='runs/chitchat', help='models and logs')
     parser.add_argument('-dp', '--datapath', default=None, help="ParlAI's data dir")
     parser.add_argument('--threads', type=int, default=2, help='torch threads')
-    parser.add_argument('--teacher-minutes', type=float, default=42.0)
+    parser.add_argument(
+        '--teacher-minutes',
+        type=float,
+        default=42.0,
+        help='teacher training minutes (with --teacher-patience: per sitting)',
+    )
+    parser.add_argument(
+        '--teacher-patience',
+        type=int,
+        default=0,
+        help='train the teacher until this many validations (5 min apart) bring '
+        'no better perplexity, resuming across sittings (0: --teacher-minutes once)',
+    )
+    parser.add_argument(
+        '--restart-teacher',
+        action='store_true',
+        help='with --teacher-patience: discard the checkpoint and start over',
+    )
     parser.add_argument('--steps', type=int, default=1000, help='student updates')
     parser.add_argument('--only', nargs='*', help='train only these students')
     parser.add_argument('--docs', default='docs/chitchat', help='report folder')
@@ -603,8 +671,8 @@ def main(argv: list[str] | None = None) -> int:
     out = os.path.normpath(args.out)
     datapath = args.datapath or os.path.join(os.path.dirname(out), 'parlai_data')
     runner = Runner(Layout(out, datapath), args.threads, args.dry_run, args.force)
-    if args.step in ('teacher', 'all'):
-        run_teacher(runner, args)
+    if args.step in ('teacher', 'all') and not run_teacher(runner, args):
+        return 0
     if args.step in ('students', 'all'):
         run_students(runner, args)
     if args.step in ('report', 'all'):

@@ -60,3 +60,51 @@ def test_chitchat_recipes_are_the_experiments_students():
         # what else the recipe sets, the experiment's student inherited
         for key, value in options.items():
             assert recipe.teacher_shape[key] == value, (name, key)
+
+
+def test_teacher_trains_until_patience_runs_out_across_sittings(
+    tmp_path, capsys, monkeypatch
+):
+    """Each sitting adds --teacher-minutes to the checkpoint's training time; the
+    teacher is done once its checkpoint says patience ran out."""
+    import json
+    import os
+
+    from experiments import chitchat_experiment as ce
+
+    out = tmp_path / 'chitchat'
+    sittings = iter([(2520.0, 1), (5040.0, 4)])
+    commands = []
+
+    def fake_run(self, step, argv):
+        commands.append((step, list(argv)))
+        os.makedirs(out / 'logs', exist_ok=True)
+        if step == 'teacher':
+            seconds, impatience = next(sittings)
+            os.makedirs(out / 'teacher', exist_ok=True)
+            with open(
+                str(out / 'teacher' / 'model') + '.checkpoint.trainstats', 'w'
+            ) as fh:
+                json.dump({'train_time': seconds, 'impatience': impatience}, fh)
+        with open(self.marker(step), 'w') as fh:
+            fh.write('done\n')
+
+    monkeypatch.setattr(ce.Runner, 'run', fake_run)
+    monkeypatch.setattr(ce, 'summarize_teacher', lambda layout: None)
+    args = ['all', '--out', str(out), '--teacher-patience', '4']
+
+    assert main(args) == 0
+    assert 'not converged after 42 min of training (1 of 4' in capsys.readouterr().out
+    assert [s for s, _ in commands] == ['dict', 'teacher']  # no student started
+    argv = commands[-1][1]
+    assert argv[argv.index('--max-train-time') + 1] == '2520'
+    assert argv[argv.index('--validation-patience') + 1] == '4'
+    assert not os.path.exists(out / 'logs' / 'teacher.done')
+
+    commands.clear()
+    assert main(['teacher', *args[1:]]) == 0
+    assert [s for s, _ in commands] == ['teacher', 'teacher-valid']
+    argv = commands[0][1]
+    assert argv[argv.index('--max-train-time') + 1] == '5040'  # 42 + 42 minutes
+    with open(out / 'logs' / 'teacher.done') as fh:
+        assert fh.read() == '5040 s, converged\n'
