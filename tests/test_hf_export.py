@@ -289,3 +289,35 @@ def test_command_line(tmp_path, datapath, chitchat_model, capsys):
     assert code == 0
     assert 'BlenderbotForConditionalGeneration' in capsys.readouterr().out
     assert os.path.isfile(out / 'model.safetensors')
+
+
+def test_contexts_longer_than_the_positions_are_truncated(tmp_path, datapath):
+    """No --text-truncate and 16 positions: verified on chitchat, cut as the model must."""
+    from hf_support import CHITCHAT_MODEL
+
+    model_file = random_parlai_model(
+        datapath,
+        str(tmp_path / 'short' / 'model'),
+        variant='prelayernorm',
+        embedding_size=16,
+        ffn_size=32,
+        n_heads=2,
+        n_layers=1,
+        n_positions=16,
+        dict_tokenizer='re',
+        dict_lower=True,
+        dict_file=str(tmp_path / 'short' / 'model.dict'),
+        task=CHITCHAT_MODEL['task'],
+        dict_maxtokens=500,
+    )
+    assert json.load(open(model_file + '.opt')).get('text_truncate') is None
+    result = export_to_hf(
+        model_file,
+        str(tmp_path / 'hf'),
+        datapath,
+        verify=True,
+        verify_options={'examples': 10},
+    )
+    v = result.verification
+    assert v['greedy_identical'] == v['context_ids_equal'] == 10
+    assert _read(result.out_dir, 'parlai_inputs.json')['text_truncate'] == 16

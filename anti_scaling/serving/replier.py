@@ -13,11 +13,24 @@ model's input exactly as ParlAI did in training (:mod:`anti_scaling.export.ct2.e
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
 from ..errors import DistillationError
 from ..export.ct2.engine import Engine
+from ..export.ct2.generation import GENERATION_FILE
+from ..export.hf.parlai_inputs import SETTINGS_FILE
+
+#: What a folder written by ``export_ct2`` holds, at least.
+FOLDER_FILES = (
+    'model.bin',
+    'config.json',
+    'shared_vocabulary.json',
+    'tokenizer.json',
+    SETTINGS_FILE,
+    GENERATION_FILE,
+)
 
 #: One history: a text, or its turns oldest first.
 History = str | Sequence[str]
@@ -83,6 +96,15 @@ class Replier:
         require_serve_extra()
         if threads < 1 or parallel < 1:
             raise DistillationError('threads and parallel must be >= 1')
+        missing = [
+            n for n in FOLDER_FILES if not os.path.isfile(os.path.join(folder, n))
+        ]
+        if missing:
+            raise DistillationError(
+                f'{folder} is not a CTranslate2 export of anti_scaling (no '
+                f'{", ".join(missing)}; write one with python -m '
+                'anti_scaling.scripts.export_ct2)'
+            )
         try:
             self.engine = Engine(folder, device, compute_type, threads, parallel)
         except (OSError, RuntimeError, ValueError) as e:

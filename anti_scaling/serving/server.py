@@ -186,18 +186,20 @@ def make_app(
             }
         )
 
+    worker: list[asyncio.Task] = []
+
     async def start(app: web.Application) -> None:
-        app['worker'] = asyncio.get_running_loop().create_task(batcher.work())
+        worker.append(asyncio.get_running_loop().create_task(batcher.work()))
 
     async def stop(app: web.Application) -> None:
-        app['worker'].cancel()
+        for task in worker:
+            task.cancel()
 
     app = web.Application(client_max_size=4 * max_chars * max_batch + 65536)
     app.router.add_post('/reply', reply)
     app.router.add_get('/health', health)
     app.on_startup.append(start)
     app.on_cleanup.append(stop)
-    app['batcher'] = batcher
     return app
 
 
