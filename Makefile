@@ -17,7 +17,7 @@ $(STAMP): $(BIN)/python setup.py constraints.txt pyproject.toml
 	rm -f $(VENV)/.installed-*
 	# ParlAI without its dependency list (see setup.py for why), then our package.
 	$(PIP) install -q -c constraints.txt --no-deps parlai==1.7.2
-	$(PIP) install -q -c constraints.txt -e '.[test,dev,fairseq,hf,search]'
+	$(PIP) install -q -c constraints.txt -e '.[test,dev,fairseq,hf,search,serve]'
 	# torchvision/torchtext/torchaudio cannot load against torch 2.13 (and
 	# transformers fails on import when torchaudio is present); never leave them.
 	$(PIP) uninstall -q -y torchvision torchtext torchaudio 2>/dev/null || true

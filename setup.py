@@ -77,6 +77,11 @@ setup(
         # Student architecture search (anti_scaling.search): heartbeats with
         # RetryHeartbeatStaleTrialCallback need optuna >= 4.9; tested with 5.0.
         "search": ["optuna>=4.9,<6"],
+        # Serving students at engine speed (anti_scaling.export.ct2,
+        # anti_scaling.serving): CTranslate2 (CPU wheels with int8; CUDA builds
+        # for float16/int8_float16) and aiohttp for the HTTP endpoint. Tested
+        # with ctranslate2 4.8.5 and aiohttp 3.14.5.
+        "serve": ["ctranslate2>=4.8,<5", "aiohttp>=3.9,<4"],
     },
     entry_points={
         "console_scripts": [
