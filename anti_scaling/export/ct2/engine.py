@@ -119,7 +119,13 @@ class Engine:
         options: dict[str, Any] = {
             'beam_size': beam,
             'max_decoding_length': g['max_length'] + prefix,
-            'min_decoding_length': g['beam_min_length'] + prefix if beam > 1 else 0,
+            # ParlAI's greedy search has no minimum length; a benchmark may set
+            # one ('greedy_min_length') to time replies of a fixed length.
+            'min_decoding_length': (
+                g['beam_min_length'] + prefix
+                if beam > 1
+                else g.get('greedy_min_length', 0) + prefix
+            ),
             'no_repeat_ngram_size': g['block_ngram'],
             'return_end_token': True,
             'max_input_length': 0,
@@ -128,27 +134,40 @@ class Engine:
             options.update(num_hypotheses=beam, length_penalty=0.0, return_scores=True)
         return options
 
-    def _suppressed(self, history: History) -> list[list[str]] | None:
+    def prepare(self, history: History) -> tuple[list[int], list[int]]:
+        """The encoder input of ``history`` and the ids its n-grams are blocked from."""
+        full = self.inputs.history_ids(history)
+        context = self.inputs.truncate(full)
+        return context, (full if self.generation['block_full_context'] else context)
+
+    def _suppressed(self, block_ids: Sequence[int]) -> list[list[str]] | None:
         n = self.generation['context_block_ngram']
         if not n:
             return None
-        if self.generation['block_full_context']:
-            ids = self.inputs.history_ids(history)
-        else:
-            ids = self.context_ids(history)
-        return [self.tokens(g) for g in ngrams(ids, n)] or None
+        return [self.tokens(g) for g in ngrams(block_ids, n)] or None
 
     def submit(
         self, histories: Sequence[History], beam: int | None = None
     ) -> list[Any]:
         """Start decoding ``histories`` (asynchronous CTranslate2 results, one each)."""
+        prepared = [self.prepare(h) for h in histories]
+        return self.submit_ids([c for c, _ in prepared], [b for _, b in prepared], beam)
+
+    def submit_ids(
+        self,
+        contexts: Sequence[Sequence[int]],
+        blocks: Sequence[Sequence[int]] | None = None,
+        beam: int | None = None,
+    ) -> list[Any]:
+        """Start decoding encoder inputs given as ids (``blocks``: the ids whose
+        n-grams each reply may not repeat, see :meth:`prepare`)."""
         beam = beam or self.generation['beam_size']
         if beam < 1:
             raise DistillationError(f'beam must be >= 1, got {beam}')
         options = self._options(beam)
-        sources = [self.tokens(self.context_ids(h)) for h in histories]
+        sources = [self.tokens(c) for c in contexts]
         prefix = [self.prefix] * len(sources) if self.prefix else None
-        suppressed = [self._suppressed(h) for h in histories]
+        suppressed = [self._suppressed(b) for b in (blocks or contexts)]
         if all(s is None for s in suppressed):
             return self.translator.translate_batch(
                 sources, prefix, asynchronous=True, **options

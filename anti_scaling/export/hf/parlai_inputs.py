@@ -104,8 +104,12 @@ class ParlaiInputs:
 
     def context_ids(self, turns: Sequence[str] | str) -> list[int]:
         """The encoder input ParlAI builds from a conversation (a text is one turn)."""
+        return self.truncate(self.history_ids(turns))
+
+    def truncate(self, ids: Sequence[int]) -> list[int]:
+        """The encoder input of a whole history's ids (ParlAI's ``text_truncate``)."""
         s = self.settings
-        ids = self.history_ids(turns)
+        ids = list(ids)
         limit = s['text_truncate']
         if s['add_start_end']:
             if limit is not None:
