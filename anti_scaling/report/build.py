@@ -7,6 +7,7 @@ import os
 import platform
 import sys
 from dataclasses import dataclass, field
+from typing import Any
 
 import parlai
 import torch
@@ -28,6 +29,7 @@ from .intervals import MIN_RESAMPLES, bleu_statistics
 from .margins import report_pairs
 from .models import Model, check_inputs, load_models
 from .quantize import SCHEMES, with_int8_copies
+from .runtimes import check_runtimes, runtime_rows
 from .timing import decoding_options, time_generation
 from .uncertainty import attach_intervals, attach_verdicts, example_columns
 from .writing import check_output, write_report
@@ -70,6 +72,10 @@ class ReportSettings:
     target_speedup: float | None = None
     target_share: float | None = None
     command: str = ''
+    #: ``parlai`` and any served runtime (``ct2``, ``ct2-int8``: :mod:`.runtimes`).
+    runtimes: list[str] = field(default_factory=lambda: ['parlai'])
+    #: Builds a served model (given by the command line; see :mod:`.runtimes`).
+    runtime_factory: Any = None
 
 
 def _check_numbers(s: ReportSettings) -> None:
@@ -96,6 +102,7 @@ def _check_numbers(s: ReportSettings) -> None:
         raise DistillationError('--students needs at least one model file')
     if s.quantize is not None and s.quantize not in SCHEMES:
         raise DistillationError(f'--quantize {s.quantize}: choose one of {SCHEMES}')
+    check_runtimes(s.runtimes, s.runtime_factory)
 
 
 def _check_baselines(s: ReportSettings, labels: list[str]) -> None:
@@ -341,7 +348,10 @@ def build_report(s: ReportSettings) -> dict:
     columns = example_columns(
         forced,
         [agreement_counts(f.predictions, forced[0].predictions) for f in forced],
-        {d: [f1_per_example(g.replies, examples) for g in gens] for d, gens in quality.items()},
+        {
+            d: [f1_per_example(g.replies, examples) for g in gens]
+            for d, gens in quality.items()
+        },
         {
             d: [bleu_statistics(g.replies, report['references']) for g in gens]
             for d, gens in quality.items()
@@ -350,5 +360,19 @@ def build_report(s: ReportSettings) -> dict:
     seconds = {d: [g.reply_seconds() for g in gens] for d, gens in timing.items()}
     attach_intervals(report, columns, seconds, s.bootstrap)
     attach_verdicts(report, s.target_speedup, s.target_share)
+    if any(r != 'parlai' for r in s.runtimes):
+        report['runtimes'] = runtime_rows(
+            models,
+            rows,
+            examples,
+            sample,
+            {d: [g.replies for g in gens] for d, gens in quality.items()},
+            s.runtimes,
+            s.runtime_factory,
+            s.batchsize,
+            s.eval_batchsize,
+            s.beam_size,
+            s.warmup,
+        )
     write_report(report, s.out)
     return report

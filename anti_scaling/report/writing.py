@@ -14,6 +14,7 @@ from ..fileio import atomic_path, atomic_write
 from .interval_text import fmt as _fmt
 from .interval_text import interval_section
 from .margins import markdown_lines
+from .runtimes import runtime_section
 
 FILES = {'json': 'report.json', 'markdown': 'report.md', 'plot': 'quality_vs_speed.png'}
 
@@ -112,6 +113,7 @@ def markdown(report: dict) -> str:
         lines += interval_section(report, decodings)
     if report.get('baselines'):
         lines += _baseline_section(report['baselines'], decodings)
+    lines += runtime_section(report)
     return '\n'.join(lines)
 
 

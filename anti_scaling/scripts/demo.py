@@ -9,7 +9,8 @@
 3. strips the narrow student's projection matrices;
 4. evaluates the teacher and both students as plain ``transformer/generator``
    models and prints one table: parameters, perplexity, token accuracy,
-   generation time and speedup.
+   generation time and speedup; with the ``serve`` extra, also the narrow
+   student exported to CTranslate2 (float32, one thread) and timed alike.
 
 Everything is written under ``--out`` (default ``runs/demo``, replaced on each
 run; a folder the demo did not write is refused, never deleted). The training
@@ -201,6 +202,37 @@ def generation_seconds(agent: Any, texts: list[str]) -> float:
     return statistics.mean(times)
 
 
+def ct2_rows(
+    model_file: str, datapath: str, texts: list[str], examples: int, params: int
+) -> list[dict[str, Any]]:
+    """The narrow student served by CTranslate2 (float32, one thread), timed as
+    ParlAI is above; none without the ``serve`` extra (one line says so)."""
+    try:
+        import ctranslate2  # noqa: F401
+    except ImportError:
+        print("   (CTranslate2 row skipped: pip install -e '.[serve]')")
+        return []
+    from ..export.cases import task_cases
+    from ..export.ct2.to_ct2 import export_to_ct2
+    from ..export.parlai_model import load_for_export
+    from ..serving.speed import ct2_engine, engine_quality, reply_seconds
+
+    folder = model_file + '-ct2'
+    export_to_ct2(model_file, folder, datapath, overwrite=True)
+    engine = ct2_engine(folder, 1, REPLY_TOKENS)
+    engine.generation['greedy_min_length'] = REPLY_TOKENS
+    agent, _ = load_for_export(model_file, datapath)
+    task_args = [
+        '--chitchat-max-conversations',
+        str(DATA['chitchat_max_conversations']),
+    ]
+    cases = task_cases(agent, TASK, 'valid', datapath, examples, task_args)
+    row = {'name': 'narrow student, CTranslate2 float32', 'params': params}
+    row.update(engine_quality(engine, cases))
+    row['seconds'] = reply_seconds(engine, texts, WARMUP_REPLIES)
+    return [row]
+
+
 def print_table(rows: list[dict[str, Any]]) -> None:
     teacher_time = rows[0]['seconds']
     header = (
@@ -339,6 +371,7 @@ def run_demo(args: argparse.Namespace, out: str) -> int:
         row.update(evaluate(model_file, datapath, args.eval_examples))
         row['seconds'] = generation_seconds(agent, texts)
         rows.append(row)
+    rows += ct2_rows(narrow, datapath, texts, args.eval_examples, rows[-1]['params'])
     _done(t)
 
     print_table(rows)

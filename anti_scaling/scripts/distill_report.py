@@ -4,7 +4,8 @@
         --out DIR -t TASK [-dp DP] [--num-examples N] [--timing-examples M] \\
         [--batchsize B] [--eval-batchsize E] [--beam-size K] [--labels NAME ...] \\
         [--baselines NAME ...] [--bootstrap R] [--target-speedup X] \\
-        [--target-share S] [--overwrite] [--quantize int8] [TASK OPTIONS]
+        [--target-share S] [--overwrite] [--quantize int8] \\
+        [--runtimes parlai ct2 ct2-int8] [TASK OPTIONS]
 
 Evaluates every model (teacher included) on the same examples of the task's
 test split (all of them unless ``--num-examples N``) and writes
@@ -34,7 +35,11 @@ with the baseline of its shape: the report states the teacher's margin over
 that baseline, the student's gain over it (with its interval) and the share of
 the gap it closed, warns when the margin is small
 (:mod:`anti_scaling.report.margins`) and says when the student ends below its
-baseline.
+baseline. ``--runtimes parlai ct2 ct2-int8`` adds, per model and CTranslate2
+runtime (float32, int8), a row measured in that runtime: F1 and BLEU from its
+own replies, perplexity from its own scores of the references, seconds per reply
+at ``B``, replies per second at ``E`` and the speed-ups over the teacher in
+ParlAI (:mod:`anti_scaling.report.runtimes`).
 
 Every other option goes to the task, as in ``parlai eval_model``: e.g.
 ``-t jsonfile --jsonfile-datapath FILE.jsonl``, ``-t fromfile:parlaiformat
@@ -146,6 +151,13 @@ def parser() -> argparse.ArgumentParser:
         help="verdict on each model: is the interval of its share of the teacher's "
         'figures above this (in (0, 1], e.g. 0.97)?',
     )
+    p.add_argument(
+        '--runtimes',
+        nargs='+',
+        default=['parlai'],
+        help='also serve every model in CTranslate2 and measure it there: '
+        'parlai ct2 ct2-int8 (needs the serve extra)',
+    )
     p.add_argument('--quiet', action='store_true', help='no progress bars')
     command_line.add_verbose_arg(p)
     return p
@@ -165,15 +177,38 @@ def main(argv: list[str] | None = None) -> int:
         task_args=task_args,
         progress=not args.quiet,
         command='python -m anti_scaling.scripts.distill_report ' + shlex.join(argv),
+        runtime_factory=_runtime_factory(args),
     )
     return command_line.exit_status(lambda: _report(settings))
+
+
+def _runtime_factory(args: argparse.Namespace) -> object | None:
+    """What builds the CTranslate2 rows of ``--runtimes`` (None: ParlAI only, or
+    ctranslate2 missing, which the report then refuses in one line)."""
+    if all(r == 'parlai' for r in args.runtimes):
+        return None
+    try:
+        import ctranslate2  # noqa: F401
+    except ImportError:
+        from ..errors import DistillationError
+
+        def missing(*_: object) -> None:
+            raise DistillationError(
+                "--runtimes ct2: ctranslate2 is not installed: pip install -c "
+                "constraints.txt -e '.[serve]'"
+            )
+
+        return missing
+    from ..serving.speed import ct2_factory
+
+    return ct2_factory(args.datapath, args.threads)
 
 
 def _report(settings: ReportSettings) -> int:
     """Build the report and print its summary lines."""
     from ..report.build import build_report
-    from ..report.margins import below_baseline_line, summary_line
     from ..report.interval_text import model_line, verdict_line
+    from ..report.margins import below_baseline_line, summary_line
 
     report = build_report(settings)
     for m in report['models']:

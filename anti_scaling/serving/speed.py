@@ -155,3 +155,58 @@ def engine_quality(engine: Engine, cases: Sequence[Any]) -> dict[str, float]:
     tokens = sum(len(s) for s in scores)
     loss = -sum(sum(s) for s in scores) / tokens
     return {'ppl': math.exp(loss), 'token_acc': token_accuracy(engine, list(cases))}
+
+
+class ServedEngine:
+    """A CTranslate2 engine answering the report's examples (:mod:`anti_scaling.report.runtimes`)."""
+
+    def __init__(self, engine: Engine, label_truncate: int | None) -> None:
+        self.engine = engine
+        self.engine.inputs.settings['label_truncate'] = label_truncate
+        self.run = {1: ct2_runtime(engine, 1)}
+
+    def generate(
+        self, examples: Sequence[Example], beam: int
+    ) -> tuple[list[str], float]:
+        """Replies to one batch of ``examples`` and the seconds they took."""
+        if beam not in self.run:
+            self.run[beam] = ct2_runtime(self.engine, beam)
+        return self.run[beam](examples)
+
+    def log_probs(self, examples: Sequence[Example]) -> list[list[float]]:
+        """The engine's log-probability of each reference token (end included)."""
+        inputs = self.engine.inputs
+        out: list[list[float]] = []
+        for chunk in batches(examples, 32):
+            contexts = [inputs.truncate(ex.context_vec) for ex in chunk]
+            labels = [inputs.label_ids(ex.labels[0]) for ex in chunk]
+            out += self.engine.score_ids(contexts, labels)
+        return out
+
+
+def ct2_factory(
+    datapath: str, threads: int | None = None
+) -> Callable[[Any, str], ServedEngine]:
+    """``factory(model, runtime)`` for ``distill_report --runtimes``: each model
+    (a :class:`anti_scaling.report.models.Model`) exported to a temporary folder
+    (``ct2``: float32, ``ct2-int8``: int8) and served on the CPU with
+    ``threads`` (default: torch's count, as the ParlAI rows run), replies cut
+    at the model's loaded ``--label-truncate`` (the teacher's, in the report)."""
+    import tempfile
+
+    import torch
+
+    from ..export.ct2.to_ct2 import export_to_ct2
+
+    quantization = {'ct2': 'float32', 'ct2-int8': 'int8'}
+    scratch = tempfile.TemporaryDirectory(prefix='anti_scaling_report_ct2_')
+
+    def factory(model: Any, runtime: str) -> ServedEngine:
+        out = os.path.join(scratch.name, f'{len(os.listdir(scratch.name))}-{runtime}')
+        export_to_ct2(model.path, out, datapath, quantization=quantization[runtime])
+        limit = model.agent.label_truncate
+        engine = ct2_engine(out, threads or torch.get_num_threads(), limit)
+        return ServedEngine(engine, limit)
+
+    factory.scratch = scratch  # type: ignore[attr-defined]  # removed with the factory
+    return factory
