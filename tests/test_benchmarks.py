@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from anti_scaling.scripts import benchmark_methods, benchmark_step
+from anti_scaling.scripts import benchmark_methods, benchmark_step, benchmark_term
 
 TINY = [
     '--steps',
@@ -31,18 +31,31 @@ TINY = [
 ]
 
 
-def test_benchmark_step_prints_the_ratio(capsys):
-    assert benchmark_step.main([*TINY, '--skip-memory']) == 0
+def test_benchmark_step_prints_the_ratios_and_ends_with_json(capsys):
+    args = [
+        *TINY,
+        '--skip-memory',
+        '--skip-term',
+        '--skip-cache',
+        '--dtypes',
+        'float32',
+    ]
+    assert benchmark_step.main(args) == 0
     out = capsys.readouterr().out
-    assert 'ratio a/b:' in out
-    assert "teacher parameters with gradients: 0; in the student's optimizer: 0" in out
+    assert 'over the floor' in out
+    assert "teacher parameters with gradients: 0; in the students' optimizers: 0" in out
+    figures = json.loads(out.strip().splitlines()[-1])
+    for key in ('step_ratio_float32', 'pred_step_ratio_float32'):
+        assert figures[key] > 0
+    assert figures['step_ratio_unfused_float32'] > 0
+    assert figures['teacher_grads'] == 0
 
 
 def test_benchmark_step_memory_run_in_bf16(tmp_path, capsys):
-    """One memory run of the distillation step under bf16 autocast, in process."""
+    """One memory run of the fused distillation step under bf16 autocast."""
     cfg = benchmark_step.build_parser().parse_args([*TINY, '--memory-steps', '2'])
     benchmark_step.prepare(str(tmp_path), cfg)
-    args = [*TINY, '--memory-steps', '2', '--memory-mode', 'distill']
+    args = [*TINY, '--memory-steps', '2', '--memory-mode', 'all']
     args += ['--memory-dtype', 'bf16', '--workdir', str(tmp_path)]
     assert benchmark_step.main(args) == 0
     figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -50,24 +63,39 @@ def test_benchmark_step_memory_run_in_bf16(tmp_path, capsys):
 
 
 def test_benchmark_step_prints_both_precisions_and_ratios(capsys):
-    rows = {
-        ('baseline', 'float32'): {'peak_mb': 1000.0, 'setup_mb': 600.0},
-        ('distill', 'float32'): {'peak_mb': 1500.0, 'setup_mb': 600.0},
-        ('baseline', 'bf16'): {'peak_mb': 800.0, 'setup_mb': 600.0},
-        ('distill', 'bf16'): {'peak_mb': 1200.0, 'setup_mb': 600.0},
-    }
-    benchmark_step.print_memory(rows, 8)
+    rows = {}
+    for dtype, scale in (('float32', 1.0), ('bf16', 0.8)):
+        for mode, peak in (('floor', 1000.0), ('all', 1100.0), ('all_unfused', 1500.0)):
+            rows[mode, dtype] = {'peak_mb': peak * scale, 'setup_mb': 600.0}
+    figures = benchmark_step.print_memory(rows, 8)
     out = capsys.readouterr().out
+    assert '  floor       float32 1000 MB (600), bf16 800 MB (600)' in out
     assert (
-        '(b) float32 1000 MB (600), bf16 autocast 800 MB (600), ratio bf16/float32 0.800'
+        'over the floor in float32: all 1.100 (target <= 1.15), all_unfused 1.500'
         in out
     )
+    assert figures['memory_ratio_bf16'] == pytest.approx(1.1)
+    assert figures['memory_ratio_unfused_float32'] == pytest.approx(1.5)
+
+
+@pytest.mark.parametrize('mode', ['unfused', 'fused'])
+def test_benchmark_term_runs_both_ways(mode, capsys):
+    args = ['--mode', mode, '--vocab', '300', '--tokens', '40', '--width', '8']
     assert (
-        '(a) float32 1500 MB (600), bf16 autocast 1200 MB (600), ratio bf16/float32 0.800'
-        in out
+        benchmark_term.main([*args, '--teacher-width', '8', '--chunk-size', '7']) == 0
     )
-    assert 'ratio a/b in float32: 1.500' in out
-    assert 'ratio a/b in bf16: 1.500' in out
+    figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert figures['peak_mb'] >= 0 and figures['seconds'] > 0
+
+
+def test_benchmark_chunk_size_is_refused_in_one_line(capsys):
+    assert benchmark_term.main(['--chunk-size', '0']) == 2
+    assert benchmark_step.main(['--chunk-size', '-1']) == 2
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out == [
+        '--chunk-size is 0: it must be a positive integer',
+        '--chunk-size is -1: it must be a positive integer',
+    ]
 
 
 @pytest.mark.parametrize('kind', ['shared-encoder', 'on-policy', 'cache'])

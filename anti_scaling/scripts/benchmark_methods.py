@@ -30,20 +30,19 @@ import tempfile
 
 import torch
 
-from .benchmark_step import (
+from .benchmark_setup import (
+    CACHED_CONVERSATIONS,
     CLOCKS,
     _flag_args,
     _parse,
     add_benchmark_args,
+    build_cache,
     load_batches,
     prepare,
 )
 
 WIDE = 'anti_scaling.distillation:DistillTransformerAgent'
 TASK = 'anti_scaling.tasks.chitchat'
-# The benchmark's batches are the first examples of the train split; the cache
-# covers the first conversations of it (the same order).
-CACHED_CONVERSATIONS = 60
 NARROW = 'anti_scaling.distillation:DistillNarrowTransformerAgent'
 
 
@@ -139,34 +138,6 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.kind == 'cache':
         print(f'  cache size: {size:.1f} kB per 1,000 label tokens')
     return 0
-
-
-def build_cache(workdir: str, cfg: argparse.Namespace) -> tuple[str, float]:
-    """Cache the teacher's top-k outputs on the benchmark's examples."""
-    from .cache_teacher_outputs import main as cache_main
-
-    cache = f'{workdir}/cache'
-    summary = cache_main(
-        [
-            '--teacher-model',
-            f'{workdir}/teacher',
-            '-t',
-            TASK,
-            '--chitchat-max-conversations',
-            str(CACHED_CONVERSATIONS),
-            '--cache-dir',
-            cache,
-            '--top-k',
-            str(cfg.top_k),
-            '-dp',
-            f'{workdir}/data',
-            '-bs',
-            str(cfg.batchsize),
-            '--loglevel',
-            'error',
-        ]
-    )
-    return cache, summary['bytes_per_1000_label_tokens'] / 1000
 
 
 if __name__ == '__main__':
