@@ -213,3 +213,12 @@ def test_chat_keeps_parlai_history(replier):
         '[new conversation]',
         f"[model]: {replier.reply('tell me a joke')}",
     ]
+
+
+def test_fast_beam_is_ctranslate2s_own(folder, replier):
+    """exact_beam=False: CTranslate2's beam search (replies may differ from ParlAI's)."""
+    fast = Replier(folder, exact_beam=False)
+    assert fast.engine.exact_beam is False and replier.engine.exact_beam is True
+    replies = fast.reply(HISTORIES, beam=2)
+    assert len(replies) == len(HISTORIES) and all(isinstance(r, str) for r in replies)
+    assert fast.reply(HISTORIES[0], beam=1) == replier.reply(HISTORIES[0], beam=1)

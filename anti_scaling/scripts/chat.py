@@ -62,7 +62,12 @@ def main(argv: list[str] | None = None) -> int:
 
         check_at_least_one(args, ['threads', 'parallel'])
         replier = Replier(
-            args.folder, args.device, args.threads, args.parallel, args.compute_type
+            args.folder,
+            args.device,
+            args.threads,
+            args.parallel,
+            args.compute_type,
+            exact_beam=not args.fast_beam,
         )
         chat(replier, sys.stdin, sys.stdout, args.beam)
         return 0

@@ -34,6 +34,12 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
         help="CTranslate2 compute type (default: the folder's weights)",
     )
     p.add_argument('--beam', type=int, default=None, help="beam size (the model's)")
+    p.add_argument(
+        '--fast-beam',
+        action='store_true',
+        help="CTranslate2's own beam search (faster; replies can differ from "
+        "ParlAI's, which are replayed by default)",
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -73,7 +79,12 @@ def _serve(args: argparse.Namespace) -> int:
         ) from None
     sock = bind(args.host, args.port)
     replier = Replier(
-        args.folder, args.device, args.threads, args.parallel, args.compute_type
+        args.folder,
+        args.device,
+        args.threads,
+        args.parallel,
+        args.compute_type,
+        exact_beam=not args.fast_beam,
     )
     if args.beam:
         replier.engine.generation['beam_size'] = args.beam

@@ -82,7 +82,8 @@ class Replier:
     ``threads``: CTranslate2's threads per batch (``intra_threads``);
     ``parallel``: batches decoded at once (``inter_threads``); ``compute_type``
     ``default`` runs the stored weight type (CTranslate2 converts what the
-    device cannot run).
+    device cannot run); ``exact_beam``: beam search gives ParlAI's replies
+    (replayed step by step), else CTranslate2's own, faster beam search.
     """
 
     def __init__(
@@ -92,6 +93,7 @@ class Replier:
         threads: int = 1,
         parallel: int = 1,
         compute_type: str = 'default',
+        exact_beam: bool = True,
     ) -> None:
         require_serve_extra()
         if threads < 1 or parallel < 1:
@@ -106,7 +108,9 @@ class Replier:
                 'anti_scaling.scripts.export_ct2)'
             )
         try:
-            self.engine = Engine(folder, device, compute_type, threads, parallel)
+            self.engine = Engine(
+                folder, device, compute_type, threads, parallel, exact_beam
+            )
         except (OSError, RuntimeError, ValueError) as e:
             raise DistillationError(
                 f'{folder} is not a CTranslate2 export of anti_scaling '

@@ -66,12 +66,24 @@ def ngrams(ids: Sequence[int], n: int) -> list[tuple[int, ...]]:
     return list(seen)
 
 
+class Done:
+    """A reply decoded already (exact beam search), read like an asynchronous result."""
+
+    def __init__(self, reply: list[int]) -> None:
+        self.reply = reply
+
+    def result(self) -> Done:
+        """Itself (:meth:`Engine.finish` reads the reply)."""
+        return self
+
+
 class Engine:
     """An exported folder loaded in CTranslate2 (module doc).
 
     ``compute_type``: CTranslate2's (``default`` keeps the folder's
     quantisation); ``intra_threads``: threads per batch; ``inter_threads``:
-    batches decoded in parallel.
+    batches decoded in parallel; ``exact_beam``: beam search replays ParlAI's
+    (:mod:`.beam`: ParlAI's replies, slower) rather than CTranslate2's own.
     """
 
     def __init__(
@@ -81,10 +93,13 @@ class Engine:
         compute_type: str = 'default',
         intra_threads: int = 1,
         inter_threads: int = 1,
+        exact_beam: bool = True,
     ) -> None:
         import ctranslate2
 
         self.folder = folder
+        #: Beam search as ParlAI's, step by step (:mod:`.beam`); else CTranslate2's own.
+        self.exact_beam = exact_beam
         self.inputs = load_inputs(folder)
         with open(os.path.join(folder, GENERATION_FILE), encoding='utf-8') as fh:
             self.generation = json.load(fh)
@@ -164,6 +179,11 @@ class Engine:
         beam = beam or self.generation['beam_size']
         if beam < 1:
             raise DistillationError(f'beam must be >= 1, got {beam}')
+        if beam > 1 and self.exact_beam:
+            from .beam import parlai_beam
+
+            replies = parlai_beam(self, contexts, blocks or contexts, beam)
+            return [Done(r) for r in replies]
         options = self._options(beam)
         sources = [self.tokens(c) for c in contexts]
         prefix = [self.prefix] * len(sources) if self.prefix else None
@@ -185,6 +205,8 @@ class Engine:
 
     def finish(self, result: Any) -> list[int]:
         """ParlAI's reply ids (end included) from a finished CTranslate2 result."""
+        if isinstance(result, Done):
+            return list(result.reply)
         hypotheses = [[self.ids[t] for t in h] for h in result.hypotheses]
         if self.prefix:
             hypotheses = [h[1:] if h[:1] == [self.start_id] else h for h in hypotheses]

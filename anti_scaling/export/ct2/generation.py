@@ -10,14 +10,14 @@ has no option of its own: :mod:`.engine` passes the context's n-grams as
 ``suppress_sequences``, which CTranslate2 applies to a whole call, so histories
 are then decoded one per call (still in parallel across ``inter_threads``).
 
-Not expressed (stated in the folder's README): ParlAI's beam ranks finished
+Beam search: ParlAI fills its beam from all candidates, finished ones
+included, stops when the best candidate of a step ends, and ranks finished
 replies by ``score / ((2 + reply tokens) / 6) ** penalty`` (GNMT, end token
-counted) and fills its beam
-from all candidates, finished ones included, while CTranslate2 keeps ``beam``
-live hypotheses: the engine asks for every finished hypothesis with raw scores
-and ranks them with ParlAI's penalty, which gives ParlAI's reply on only part
-of the contexts (about half, on the tiny model of the tests). Sampling (``topk``, ``nucleus``) and the delayed beam searches
-are exported as greedy and plain beam search.
+counted); CTranslate2's own beam search keeps ``beam`` live hypotheses and gives
+other replies on some contexts. The engine therefore replays ParlAI's search
+step by step (:mod:`.beam`) unless told to use CTranslate2's (faster).
+Not expressed (stated in the folder's README): sampling (``topk``, ``nucleus``)
+and the delayed beam searches are exported as greedy and plain beam search.
 """
 
 from __future__ import annotations
@@ -53,11 +53,11 @@ def generation_settings(agent: Any) -> dict[str, Any]:
 def not_expressed(settings: dict[str, Any]) -> list[str]:
     """What CTranslate2 cannot do exactly for these settings, one sentence each."""
     notes = [
-        "Beam search: ParlAI fills its beam from all candidates, finished ones "
-        "included; CTranslate2 keeps `beam` live hypotheses. The replier ranks "
-        "CTranslate2's finished hypotheses with ParlAI's length penalty "
-        f"(((2 + reply tokens) / 6) ** {settings['length_penalty']}), so beam replies "
-        "can differ from ParlAI's on some contexts (greedy replies do not)."
+        "Beam search: CTranslate2's own beam search keeps `beam` live hypotheses "
+        "where ParlAI's fills its beam from all candidates, finished ones "
+        "included. The replier replays ParlAI's search step by step on "
+        "CTranslate2's logits (the same replies; `exact_beam=False` or "
+        "`--fast-beam` for CTranslate2's own, faster, whose replies can differ)."
     ]
     if settings['parlai_inference'] not in ('greedy', *BEAM_SEARCHES):
         notes.append(

@@ -23,7 +23,8 @@ def _verification(report: dict[str, Any] | None) -> list[str]:
         f"- context ids equal ParlAI's: {report['context_ids_equal']}/{n}; "
         f"label ids: {report['label_ids_equal']}/{n};",
         f"- greedy replies identical token for token: {report['greedy_identical']}/{n}; "
-        f"beam {report['beam_size']}: {report['beam_identical']}/{n};",
+        f"beam {report['beam_size']}: {report['beam_identical']}/{n} (CTranslate2's "
+        f"own beam search: {report['native_beam_identical']}/{n});",
         f"- largest difference of a reference token's log-probability: "
         f"{report['max_abs_log_prob_diff']:.2e} (tolerance {report['tolerance']:.0e}).",
     ]

@@ -5,18 +5,16 @@ contexts of the offline chitchat test split), with a float32 copy of the model:
 
 1. the folder's tokenizer and history settings rebuild ParlAI's context and
    label ids from the raw turns;
-2. greedy replies are ParlAI's token for token; beam replies (the model's
-   beam size, else 4) are compared and their agreement reported, not required:
-   CTranslate2's beam search keeps other candidates than ParlAI's (see
-   :mod:`.generation`);
+2. greedy replies, and beam replies (the model's beam size, else 4; ParlAI's
+   beam search replayed by :mod:`.beam`), are ParlAI's token for token; the
+   agreement of CTranslate2's own beam search is reported too;
 3. the log-probability CTranslate2 gives each reference reply token (its
    ``score_batch``) is within ``tolerance`` (1e-3) of ParlAI's.
 
 A quantised folder is then compared with float32: the share of contexts whose
 greedy reply is unchanged, and the teacher-forced token accuracy on the
 references of both (the change is printed). :func:`verify_folder` raises
-:class:`DistillationError` naming every failing check of 1-3
-(beam agreement is reported only).
+:class:`DistillationError` naming every failing check of 1-3.
 """
 
 from __future__ import annotations
@@ -107,6 +105,9 @@ def verify_folder(
     ct2_greedy = engine.reply_ids(histories, 1)
     beamed = parlai_replies(agent, cases, beam)
     ct2_beam = engine.reply_ids(histories, beam)
+    engine.exact_beam = False
+    native_beam = engine.reply_ids(histories, beam)
+    engine.exact_beam = True
     ours = parlai_label_log_probs(agent, cases)
     theirs = engine.score_ids(contexts, labels)
     worst = max(abs(a - b) for x, y in zip(ours, theirs) for a, b in zip(x, y))
@@ -122,6 +123,7 @@ def verify_folder(
         'greedy_identical': _same(greedy, ct2_greedy),
         'beam_size': beam,
         'beam_identical': _same(beamed, ct2_beam),
+        'native_beam_identical': _same(beamed, native_beam),
         'greedy_texts_equal': texts,
         'max_abs_log_prob_diff': worst,
         'tolerance': tolerance,
@@ -142,6 +144,7 @@ def verify_folder(
         (context_equal < n, 'context ids'),
         (label_equal < n, 'label ids'),
         (report['greedy_identical'] < n, 'greedy replies'),
+        (report['beam_identical'] < n, f'beam {beam} replies'),
         (texts < sum(a is not None for a, _ in pairs), 'reply texts'),
         (not (lengths_equal and worst <= tolerance), f'log-probs ({worst:.2e})'),
     ]
