@@ -215,10 +215,15 @@ def test_chat_keeps_parlai_history(replier):
     ]
 
 
-def test_fast_beam_is_ctranslate2s_own(folder, replier):
-    """exact_beam=False: CTranslate2's beam search (replies may differ from ParlAI's)."""
-    fast = Replier(folder, exact_beam=False)
-    assert fast.engine.exact_beam is False and replier.engine.exact_beam is True
-    replies = fast.reply(HISTORIES, beam=2)
-    assert len(replies) == len(HISTORIES) and all(isinstance(r, str) for r in replies)
-    assert fast.reply(HISTORIES[0], beam=1) == replier.reply(HISTORIES[0], beam=1)
+def test_exact_beam_is_parlais(folder, replier, chitchat_model, datapath):
+    """exact_beam=True: ParlAI's beam replies (the default is CTranslate2's own)."""
+    from anti_scaling.export.cases import parlai_replies, task_cases
+    from anti_scaling.export.parlai_model import load_for_export
+
+    exact = Replier(folder, exact_beam=True)
+    assert exact.engine.exact_beam is True and replier.engine.exact_beam is False
+    agent, _ = load_for_export(chitchat_model, datapath)
+    cases = task_cases(agent, 'anti_scaling.tasks.chitchat', 'test', datapath, 8)
+    ours = parlai_replies(agent, cases, 3)
+    assert exact.engine.reply_ids([c.turns for c in cases], 3) == ours
+    assert exact.reply(HISTORIES[0], beam=1) == replier.reply(HISTORIES[0], beam=1)

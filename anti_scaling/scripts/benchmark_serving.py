@@ -2,7 +2,7 @@
 
     python -m anti_scaling.scripts.benchmark_serving --teacher T --student S \\
         [--examples 100] [--batchsize 32] [--threads 1] [--beam 1] \\
-        [--ct2 float32 int8] [--teacher-ct2] [--fast-beam] [-t TASK] [-dp DATAPATH]
+        [--ct2 float32 int8] [--teacher-ct2] [--exact-beam] [-t TASK] [-dp DATAPATH]
 
 On the first ``--examples`` test contexts of the task (default: the offline
 chitchat test split), built by the teacher's agent as ``distill_report`` builds
@@ -47,9 +47,9 @@ def parser() -> argparse.ArgumentParser:
         '--teacher-ct2', action='store_true', help='also time the teacher in CT2'
     )
     p.add_argument(
-        '--fast-beam',
+        '--exact-beam',
         action='store_true',
-        help="CTranslate2's own beam search instead of ParlAI's replayed",
+        help="ParlAI's beam search replayed on CTranslate2 (its replies; slower)",
     )
     p.add_argument('-t', '--task', default='anti_scaling.tasks.chitchat')
     p.add_argument('--datatype', default='test')
@@ -108,7 +108,7 @@ def _run(args: argparse.Namespace) -> int:
             folder = f'{tmp}/{role}-{quantization}'
             export_to_ct2(model_file, folder, args.datapath, quantization=quantization)
             engine = ct2_engine(folder, args.threads, limit)
-            engine.exact_beam = not args.fast_beam
+            engine.exact_beam = args.exact_beam
             name = f'{role}, CTranslate2 {quantization}'
             single[name] = batched[name] = ct2_runtime(engine, args.beam)
         timings = time_runtimes(single, examples, batched, args.batchsize)
@@ -116,9 +116,9 @@ def _run(args: argparse.Namespace) -> int:
     search = 'greedy' if args.beam == 1 else f'beam {args.beam}'
     if args.beam > 1:
         search += (
-            " (CTranslate2's own beam search)"
-            if args.fast_beam
-            else " (ParlAI's beam search replayed on CTranslate2)"
+            " (ParlAI's beam search replayed on CTranslate2)"
+            if args.exact_beam
+            else " (CTranslate2's own beam search)"
         )
     print(
         f'{len(examples)} contexts of {args.task} ({args.datatype}), {search}, at most '

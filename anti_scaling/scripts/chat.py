@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             args.threads,
             args.parallel,
             args.compute_type,
-            exact_beam=not args.fast_beam,
+            exact_beam=args.exact_beam,
         )
         chat(replier, sys.stdin, sys.stdout, args.beam)
         return 0

@@ -35,10 +35,10 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument('--beam', type=int, default=None, help="beam size (the model's)")
     p.add_argument(
-        '--fast-beam',
+        '--exact-beam',
         action='store_true',
-        help="CTranslate2's own beam search (faster; replies can differ from "
-        "ParlAI's, which are replayed by default)",
+        help="beam search replays ParlAI's (its replies; several times slower "
+        "than CTranslate2's own, the default)",
     )
 
 
@@ -84,7 +84,7 @@ def _serve(args: argparse.Namespace) -> int:
         args.threads,
         args.parallel,
         args.compute_type,
-        exact_beam=not args.fast_beam,
+        exact_beam=args.exact_beam,
     )
     if args.beam:
         replier.engine.generation['beam_size'] = args.beam

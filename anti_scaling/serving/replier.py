@@ -83,7 +83,8 @@ class Replier:
     ``parallel``: batches decoded at once (``inter_threads``); ``compute_type``
     ``default`` runs the stored weight type (CTranslate2 converts what the
     device cannot run); ``exact_beam``: beam search gives ParlAI's replies
-    (replayed step by step), else CTranslate2's own, faster beam search.
+    (replayed step by step, several times slower), else CTranslate2's own
+    (fast; its replies can differ from ParlAI's on some contexts).
     """
 
     def __init__(
@@ -93,7 +94,7 @@ class Replier:
         threads: int = 1,
         parallel: int = 1,
         compute_type: str = 'default',
-        exact_beam: bool = True,
+        exact_beam: bool = False,
     ) -> None:
         require_serve_extra()
         if threads < 1 or parallel < 1:

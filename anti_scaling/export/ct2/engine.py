@@ -83,7 +83,8 @@ class Engine:
     ``compute_type``: CTranslate2's (``default`` keeps the folder's
     quantisation); ``intra_threads``: threads per batch; ``inter_threads``:
     batches decoded in parallel; ``exact_beam``: beam search replays ParlAI's
-    (:mod:`.beam`: ParlAI's replies, slower) rather than CTranslate2's own.
+    (:mod:`.beam`: ParlAI's replies, several times slower) rather than
+    CTranslate2's own (fast; its replies can differ from ParlAI's).
     """
 
     def __init__(
@@ -93,7 +94,7 @@ class Engine:
         compute_type: str = 'default',
         intra_threads: int = 1,
         inter_threads: int = 1,
-        exact_beam: bool = True,
+        exact_beam: bool = False,
     ) -> None:
         import ctranslate2
 

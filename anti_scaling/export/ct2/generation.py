@@ -14,8 +14,9 @@ Beam search: ParlAI fills its beam from all candidates, finished ones
 included, stops when the best candidate of a step ends, and ranks finished
 replies by ``score / ((2 + reply tokens) / 6) ** penalty`` (GNMT, end token
 counted); CTranslate2's own beam search keeps ``beam`` live hypotheses and gives
-other replies on some contexts. The engine therefore replays ParlAI's search
-step by step (:mod:`.beam`) unless told to use CTranslate2's (faster).
+other replies on some contexts. The engine uses CTranslate2's (fast) unless
+told to replay ParlAI's step by step (:mod:`.beam`, ``exact_beam``: ParlAI's
+replies, several times slower).
 Not expressed (stated in the folder's README): sampling (``topk``, ``nucleus``)
 and the delayed beam searches are exported as greedy and plain beam search.
 """
@@ -55,9 +56,10 @@ def not_expressed(settings: dict[str, Any]) -> list[str]:
     notes = [
         "Beam search: CTranslate2's own beam search keeps `beam` live hypotheses "
         "where ParlAI's fills its beam from all candidates, finished ones "
-        "included. The replier replays ParlAI's search step by step on "
-        "CTranslate2's logits (the same replies; `exact_beam=False` or "
-        "`--fast-beam` for CTranslate2's own, faster, whose replies can differ)."
+        "included, so beam replies can differ from ParlAI's on some contexts. "
+        "`--exact-beam` (`Replier(..., exact_beam=True)`) replays ParlAI's "
+        "search step by step on CTranslate2's logits: ParlAI's replies, several "
+        "times slower."
     ]
     if settings['parlai_inference'] not in ('greedy', *BEAM_SEARCHES):
         notes.append(

@@ -104,10 +104,10 @@ def verify_folder(
     greedy = parlai_replies(agent, cases, 1)
     ct2_greedy = engine.reply_ids(histories, 1)
     beamed = parlai_replies(agent, cases, beam)
-    ct2_beam = engine.reply_ids(histories, beam)
-    engine.exact_beam = False
     native_beam = engine.reply_ids(histories, beam)
     engine.exact_beam = True
+    ct2_beam = engine.reply_ids(histories, beam)
+    engine.exact_beam = False
     ours = parlai_label_log_probs(agent, cases)
     theirs = engine.score_ids(contexts, labels)
     worst = max(abs(a - b) for x, y in zip(ours, theirs) for a, b in zip(x, y))
