@@ -35,8 +35,29 @@ test: lint
 demo: $(STAMP)
 	$(BIN)/python -m anti_scaling.scripts.demo
 
+# Under 20 minutes on 2 CPU cores; its last line is one JSON object of every figure.
 bench: $(STAMP)
-	$(BIN)/python -m anti_scaling.scripts.benchmark_step
+	$(BIN)/python -m anti_scaling.scripts.benchmark_step --threads 1 --clock cpu
+
+# The GPU checks (experiments/gpu_check.py). The GPU machine has its own CUDA
+# torch and no ParlAI, and no package registry: `make gpu-wheels` (here) puts
+# ParlAI, what it imports that the machine lacks, and this project, as wheels,
+# in $(WHEELS)/ (ignored by git: carry it); `make gpu-check` (there) installs
+# them without dependencies next to that torch and writes $(GPU_OUT).
+WHEELS := .whl
+GPU_PYTHON ?= python3
+GPU_SITE ?= /tmp/site
+GPU_OUT ?= $(if $(OUT),$(OUT),runs)/gpu_check.json
+GPU_WHEELS := parlai==1.7.2 setuptools==80.10.2 iopath==0.1.10 subword-nmt==0.3.8 mock==5.2.0 chitchat-dataset==0.9.0
+.PHONY: gpu-wheels gpu-check
+gpu-wheels: $(STAMP)
+	rm -rf $(WHEELS) && mkdir -p $(WHEELS)
+	$(PIP) wheel -q --no-deps -c constraints.txt -w $(WHEELS) $(GPU_WHEELS)
+	$(PIP) wheel -q --no-deps -w $(WHEELS) .
+
+gpu-check:
+	$(GPU_PYTHON) -c 'import parlai' 2>/dev/null || $(GPU_PYTHON) -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $(GPU_SITE) $(WHEELS)/*.whl
+	PYTHONPATH=$(GPU_SITE)$${PYTHONPATH:+:$$PYTHONPATH} $(GPU_PYTHON) -m experiments.gpu_check --out $(GPU_OUT)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

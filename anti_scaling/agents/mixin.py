@@ -166,6 +166,7 @@ class DistillationMixin(StudentCheckpointMixin):
             student_states = {**student_states, LOGITS: model_output[0]}
             total = weights['loss'] * task_loss
             tokens = model_output[1], teacher_output and teacher_output[1]
+            teacher_output = None  # its logits leave with their term
         else:
             prediction = plan.prediction if plan.prediction in terms else None
             fused = fused_output_terms(

@@ -205,11 +205,23 @@ def evaluate_plan(
     inputs: StepInputs,
     terms: tuple[DistillTerm, ...] | None = None,
 ) -> dict[str, TermValue]:
-    """Every term of the plan (or only ``terms``), by metric name."""
-    return {
-        term.metric: evaluate_term(term, student_states, teacher_states, inputs)
-        for term in (plan.terms if terms is None else terms)
-    }
+    """Every term of the plan (or only ``terms``), by metric name.
+
+    Each teacher tensor leaves ``teacher_states`` as soon as the last term that
+    reads it is computed, so that it is freed then (the loss terms keep what
+    their backward pass needs, never a teacher target itself) instead of living
+    until the step's end.
+    """
+    terms = plan.terms if terms is None else terms
+    last_use = {pair.teacher: i for i, term in enumerate(terms) for pair in term.pairs}
+    values = {}
+    for i, term in enumerate(terms):
+        values[term.metric] = evaluate_term(
+            term, student_states, teacher_states, inputs
+        )
+        for point in [p for p, last in last_use.items() if last == i]:
+            teacher_states.pop(point, None)
+    return values
 
 
 def token_mean_metrics(value: losses.TokenMean) -> list[AverageMetric]:

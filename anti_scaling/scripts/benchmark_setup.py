@@ -142,6 +142,16 @@ VARIANTS = {
     },
     'all_unfused': ALL_TERMS,
 }
+#: ``only_<coefficient>``: the task and that one term (the per-term table).
+SINGLE_TERMS = tuple(f'only_{dest}' for dest in ALL_TERMS if dest != 'task_loss_coeff')
+
+
+def variant_flags(name: str) -> dict | None:
+    """The flags of variant ``name`` (:data:`VARIANTS`, :data:`SINGLE_TERMS`)."""
+    if name in SINGLE_TERMS:
+        dest = name.removeprefix('only_')
+        return {'task_loss_coeff': 1.0, dest: 1.0, 'fused_prediction': 'true'}
+    return VARIANTS.get(name)
 
 
 def _common(workdir: str, cfg: argparse.Namespace, dtype: str) -> list[str]:
@@ -163,7 +173,7 @@ def build_distill(workdir: str, cfg, dtype: str, name: str, extra=()):  # noqa: 
     from parlai.core.agents import create_agent
 
     torch.manual_seed(0)
-    options = {**_student_shape(cfg), **VARIANTS.get(name, {})}
+    options = {**_student_shape(cfg), **(variant_flags(name) or {})}
     return create_agent(
         _parse(
             [*_common(workdir, cfg, dtype), '-m', NARROW]
@@ -205,10 +215,10 @@ def build_steps(
 ) -> tuple[dict, dict]:  # noqa: ANN001
     """``({name: step(batch)}, {'teacher': model, name: agent})`` for ``names``
     among ``floor``, ``plain`` (the student alone), ``cached`` (from
-    ``cfg.cache``) and :data:`VARIANTS`."""
+    ``cfg.cache``) and :func:`variant_flags`'s."""
     agents = {}
     for name in names:
-        if name in VARIANTS:
+        if variant_flags(name) is not None:
             agents[name] = build_distill(workdir, cfg, dtype, name)
         elif name == 'cached':
             agents[name] = build_distill(

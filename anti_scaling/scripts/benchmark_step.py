@@ -42,6 +42,7 @@ import torch
 
 from .benchmark_setup import (
     DTYPES,
+    SINGLE_TERMS,
     VARIANTS,
     _precision,
     add_benchmark_args,
@@ -107,6 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--skip-memory', action='store_true')
     parser.add_argument('--skip-term', action='store_true')
     parser.add_argument('--skip-cache', action='store_true')
+    parser.add_argument(
+        '--per-term',
+        action='store_true',
+        help='instead: each term alone (with the task) over the floor, time and '
+        'peak memory, in the first precision',
+    )
     parser.add_argument('--memory-mode', default=None, help=argparse.SUPPRESS)
     parser.add_argument('--memory-dtype', default='float32', help=argparse.SUPPRESS)
     parser.add_argument('--workdir', default=None, help=argparse.SUPPRESS)
@@ -115,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = build_parser().parse_args(argv)
+    if hasattr(sys.stdout, "reconfigure"):  # figures appear as they are made
+        sys.stdout.reconfigure(line_buffering=True)
     if cfg.chunk_size <= 0:
         print(f'--chunk-size is {cfg.chunk_size}: it must be a positive integer')
         return 2
@@ -157,6 +166,8 @@ def run(workdir: str, cfg: argparse.Namespace, argv: list[str]) -> dict:
         f"{'CUDA events' if cfg.device == 'cuda' else cfg.clock + ' clock'}",
         flush=True,
     )
+    if cfg.per_term:
+        return per_term_figures(workdir, cfg, argv, dtypes[0])
     for dtype in dtypes:
         r = time_variants(workdir, cfg, dtype, ['floor', *VARIANTS])
         if 'student_compute_share' in r and 'student_compute_share' not in figures:
@@ -203,6 +214,32 @@ def run(workdir: str, cfg: argparse.Namespace, argv: list[str]) -> dict:
         figures.update(memory_figures(workdir, cfg, argv, dtypes))
     if not cfg.skip_term:
         figures.update(term_figures(cfg, dtypes))
+    return figures
+
+
+def per_term_figures(
+    workdir: str, cfg, argv: list[str], dtype: str
+) -> dict:  # noqa: ANN001
+    """Where the time and memory go: each term alone over the floor."""
+    names = ['floor', 'all', *SINGLE_TERMS]
+    r = time_variants(workdir, cfg, dtype, names)
+    peaks = {
+        name: _subprocess_json(
+            ['anti_scaling.scripts.benchmark_step', *argv]
+            + ['--memory-mode', name, '--memory-dtype', dtype, '--workdir', workdir]
+        )['peak_mb']
+        for name in names
+    }
+    print(f'{dtype}, each term with the task loss (fused prediction), over the floor:')
+    figures = {}
+    for name in names[1:]:
+        time_ratio, memory_ratio = r['ratio'][name], peaks[name] / peaks['floor']
+        figures[f'per_term_step_ratio_{name}'] = time_ratio
+        figures[f'per_term_memory_ratio_{name}'] = memory_ratio
+        print(
+            f'  {name:<32} time {time_ratio:.3f} ({1000 * r["median_s"][name]:.0f} '
+            f'ms), peak memory {memory_ratio:.3f} ({peaks[name]:.0f} MB)'
+        )
     return figures
 
 
