@@ -57,6 +57,7 @@ def check_runtimes(runtimes: Sequence[str], factory: RuntimeFactory | None) -> N
 def _generate(
     served: ServedModel, examples: Sequence[Example], batchsize: int, beam: int
 ) -> tuple[list[str], list[float]]:
+    """Replies to ``examples`` in batches of ``batchsize``, and each batch's seconds."""
     replies, seconds = [], []
     for chunk in batches(examples, batchsize):
         texts, took = served.generate(chunk, beam)

@@ -2,7 +2,9 @@
 
 - :mod:`.replier`: :class:`~.replier.Replier`, the Python API (histories in, text out);
 - :mod:`.server`: the HTTP JSON endpoint (``POST /reply``, ``GET /health``) that
-  batches concurrent requests into one engine call.
+  batches concurrent requests into one engine call;
+- :mod:`.speed`: ParlAI and CTranslate2 timed alike (``benchmark_serving``,
+  ``distill_report --runtimes``, ``make demo``).
 
 The command lines are :mod:`anti_scaling.scripts.chat` and
 :mod:`anti_scaling.scripts.serve`; the folders come from

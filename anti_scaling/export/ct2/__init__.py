@@ -4,6 +4,7 @@
 - :mod:`.spec`: the model as CTranslate2's ``TransformerSpec``;
 - :mod:`.generation`: ParlAI's decoding options in CTranslate2's terms;
 - :mod:`.engine`: replies and scores from a folder, as ParlAI gives them;
+- :mod:`.beam`: ParlAI's beam search replayed on CTranslate2's logits;
 - :mod:`.verify`: the comparison with ParlAI; :mod:`.readme`: the folder's README.
 
 The model description, tokenizer, history settings and verification cases are

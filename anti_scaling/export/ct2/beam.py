@@ -60,6 +60,7 @@ class Search:
 
 
 def _log_softmax(logits: Any) -> Any:
+    """ParlAI's ``log_softmax`` in float32."""
     import numpy as np
 
     x = np.asarray(logits, dtype=np.float32)
@@ -70,6 +71,8 @@ def _log_softmax(logits: Any) -> Any:
 def _advance(
     search: Search, step: int, rows: dict[int, Any], g: dict, end: int, start: int
 ) -> None:
+    """One step of ParlAI's ``TreeSearch.advance`` for ``search`` (``rows``: slot ->
+    next-token logits)."""
     import numpy as np
 
     candidates = []

@@ -130,6 +130,7 @@ class Engine:
         return self.inputs.context_ids(history)
 
     def _options(self, beam: int) -> dict[str, Any]:
+        """``translate_batch`` options of one decoding (``ct2_generation.json``)."""
         g = self.generation
         prefix = 1 if self.prefix else 0  # CTranslate2 counts the target prefix
         options: dict[str, Any] = {
@@ -157,6 +158,7 @@ class Engine:
         return context, (full if self.generation['block_full_context'] else context)
 
     def _suppressed(self, block_ids: Sequence[int]) -> list[list[str]] | None:
+        """The context n-grams a reply may not repeat (None: no context blocking)."""
         n = self.generation['context_block_ngram']
         if not n:
             return None
