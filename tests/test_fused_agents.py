@@ -201,3 +201,60 @@ def test_bad_chunk_size_is_one_line_before_any_work(
         )
     assert '\n' not in str(info.value)
     assert not student.exists()
+
+
+def test_parlai_fp16_path_fused_within_half_precision_bounds(datapath, tmp_path):
+    """ParlAI's ``--fp16`` (half-precision student and teacher, its fp16 optimizer
+    and criterion), run on the CPU: the fused step's loss within 1e-3 and its
+    gradients within 2e-2 (of each one's largest entry) of the unfused step's,
+    the differences being float16 rounding; then fp16 optimizer steps stay finite."""
+    from parlai.core.agents import create_agent
+    from parlai.core.params import ParlaiParser
+    from test_half_precision_agents import (
+        CpuFP16NarrowAgent,
+        _args,
+        halved_teachers,
+    )
+
+    teacher = str(tmp_path / 'teacher' / 'model')
+    train(
+        datapath,
+        model='transformer/generator',
+        model_file=teacher,
+        n_layers=2,
+        embedding_size=32,
+        ffn_size=64,
+        n_heads=4,
+        num_epochs=0.5,
+        batchsize=16,
+        force_fp16_tokens=True,
+    )
+    parser = ParlaiParser(True, True)
+    CpuFP16NarrowAgent.add_cmdline_args(parser, partial_opt=None)
+    opt = parser.parse_args(
+        ['-m', 'test_half_precision_agents:CpuFP16NarrowAgent']
+        + _args(teacher, tmp_path / 'student')
+        + ['--fp16', 'true', '--fp16-impl', 'mem_efficient', '--datapath', datapath]
+        + ['--prediction-chunk-size', '5', '--distill-temperature', '2']
+    )
+    torch.manual_seed(0)
+    agent = create_agent(opt)
+    assert next(agent.model.parameters()).dtype == torch.float16
+    batch = _batch(agent)
+    with halved_teachers(agent):
+        want_loss, want_grads, want_metrics = _step(agent, batch, fused=False)
+        got_loss, got_grads, got_metrics = _step(agent, batch, fused=True)
+        assert float((got_loss - want_loss).abs() / want_loss.abs()) <= 1e-3
+        for name, want in want_grads.items():
+            got = got_grads[name]
+            assert got.dtype == torch.float16
+            scale = want.float().abs().max().clamp(min=1e-3)
+            assert float((got.float() - want.float()).abs().max() / scale) <= 2e-2
+        for name in METRICS:
+            assert got_metrics[name] == pytest.approx(want_metrics[name], rel=1e-3)
+        agent.opt['fused_prediction'] = True
+        for _ in range(3):
+            agent._local_metrics.clear()
+            agent.train_step(batch)
+        for p in agent.model.parameters():
+            assert p.dtype == torch.float16 and torch.isfinite(p).all()
