@@ -25,14 +25,15 @@ from torch import nn
 
 from .. import losses
 from ..errors import DistillationError
-from ..losses.fused_output import check_chunk_size, fused_output_loss
+from ..losses.fused_output import (
+    DEFAULT_CHUNK_SIZE,
+    check_chunk_size,
+    fused_output_loss,
+)
 from ..losses.token_mean import per_example
 from .output_layer import output_layer
 from .plan import DistillTerm
 from .term_values import StepInputs, TermValue, objective_params
-
-#: ``--prediction-chunk-size``'s default: label tokens whose logits exist at once.
-DEFAULT_CHUNK_SIZE = 1024
 
 
 def fused_chunk_size(opt: dict) -> int | None:

@@ -15,6 +15,7 @@ from parlai.core.params import ParlaiParser
 
 from ..errors import DistillationError
 from ..loss_terms import KIND_OPTIONS, LOSS_TERMS
+from ..losses.fused_output import DEFAULT_CHUNK_SIZE
 from ..model_files import ZOO_PREFIXES
 
 
@@ -205,7 +206,7 @@ def add_distillation_args(
     group.add_argument(
         '--prediction-chunk-size',
         type=int,
-        default=1024,
+        default=DEFAULT_CHUNK_SIZE,
         help='--fused-prediction: label tokens whose logits exist at once.',
     )
     group.add_argument(
