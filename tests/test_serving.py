@@ -227,3 +227,17 @@ def test_exact_beam_is_parlais(folder, replier, chitchat_model, datapath):
     ours = parlai_replies(agent, cases, 3)
     assert exact.engine.reply_ids([c.turns for c in cases], 3) == ours
     assert exact.reply(HISTORIES[0], beam=1) == replier.reply(HISTORIES[0], beam=1)
+
+
+def test_benchmark_script_runs(chitchat_model, datapath, capsys):
+    """benchmark_serving on 3 contexts: a row per runtime, float32 replies ParlAI's."""
+    from anti_scaling.scripts import benchmark_serving
+
+    argv = ['--teacher', chitchat_model, '--student', chitchat_model, '-dp', datapath]
+    argv += ['--examples', '3', '--batchsize', '2', '--ct2', 'float32']
+    assert benchmark_serving.main(argv) == 0
+    out = capsys.readouterr().out
+    for row in ('teacher, ParlAI', 'student, ParlAI', 'student, CTranslate2 float32'):
+        assert f'| {row} |' in out
+    assert '1 thread(s)' in out
+    assert "student, CTranslate2 float32: replies equal ParlAI's on 3/3 contexts" in out
