@@ -25,8 +25,8 @@ from __future__ import annotations
 
 from typing import Any
 
-#: ParlAI's reply limit when ``--label-truncate`` is unset.
-DEFAULT_MAX_REPLY = 256
+from ..hf.generation import DEFAULT_MAX_REPLY
+
 #: File of these settings in an exported folder.
 GENERATION_FILE = 'ct2_generation.json'
 BEAM_SEARCHES = ('beam', 'delayedbeam', 'delayednucleusbeam')

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..hf.families import Family
 from ..hf.parlai_inputs import SETTINGS_FILE
-from ..hf.readme import _input_recipe
+from ..hf.readme import _input_recipe as input_recipe
 from .generation import GENERATION_FILE, not_expressed
 
 
@@ -72,7 +72,7 @@ def folder_readme(
         '',
         '## Input, as ParlAI built it',
         '',
-        *_input_recipe(settings),
+        *input_recipe(settings),
         '',
         '## Decoding (`ct2_generation.json`)',
         '',
