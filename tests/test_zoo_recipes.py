@@ -153,3 +153,21 @@ def test_cli_unknown_model_is_one_line(capsys, tmp_path):
     assert err.startswith("anti_scaling: error: unknown zoo model 'nosuch'")
     assert '\n' not in err
     assert not (tmp_path / 'models').exists()
+
+
+def test_old_zoo_command_names_the_new_one():
+    """``python -m anti_scaling.zoo`` moved under scripts: one line, exit 2."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, '-m', 'anti_scaling.zoo', 'list', '--json'],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert done.stderr == (
+        'anti_scaling: error: the zoo command line moved: '
+        'python -m anti_scaling.scripts.zoo list --json\n'
+    )
