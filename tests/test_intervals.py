@@ -151,3 +151,15 @@ def test_a_student_below_its_baseline_is_named():
     pair['intervals'] = {'ppl': {'value': 1.1, 'low': 1.0, 'high': 1.2}}
     pair['below_baseline'] = below_baseline(pair)
     assert below_baseline_line(pair) is None
+
+
+def test_a_share_of_zero_is_undefined_without_a_warning():
+    import warnings
+
+    columns = {'t': np.zeros(10), 's': np.ones(10), 'one': np.ones(10)}
+    share = iv.share_of(iv.ratio_of_sums('s', 'one'), iv.ratio_of_sums('t', 'one'))
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        got = iv.paired_intervals(columns, {'share': share}, 100)['share']
+    assert math.isinf(got.value) or math.isnan(got.value)
+    assert got.as_dict()['value'] is None

@@ -176,7 +176,9 @@ def paired_intervals(
     keys = list(columns)
     matrix = np.stack([np.asarray(columns[k], dtype=np.float64) for k in keys], 1)
     full = dict(zip(keys, matrix.sum(0)))
-    points = {k: float(measures[k](full)) for k in names}
+    with np.errstate(divide='ignore', invalid='ignore'):
+        # A share of a zero figure (a teacher F1 of 0) is undefined: NaN, no warning.
+        points = {k: float(measures[k](full)) for k in names}
     if n < 2:
         return {k: Interval(points[k], math.nan, math.nan) for k in names}
 
