@@ -155,19 +155,25 @@ def test_cli_unknown_model_is_one_line(capsys, tmp_path):
     assert not (tmp_path / 'models').exists()
 
 
-def test_old_zoo_command_names_the_new_one():
-    """``python -m anti_scaling.zoo`` moved under scripts: one line, exit 2."""
+def test_old_zoo_command_forwards_to_the_new_one():
+    """``python -m anti_scaling.zoo`` moved under scripts: it says so and forwards."""
+    import json
     import subprocess
     import sys
 
-    done = subprocess.run(
-        [sys.executable, '-m', 'anti_scaling.zoo', 'list', '--json'],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 2
-    assert done.stderr == (
-        'anti_scaling: error: the zoo command line moved: '
-        'python -m anti_scaling.scripts.zoo list --json\n'
+    runs = [
+        subprocess.run(
+            [sys.executable, '-m', module, 'list', '--json'],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        for module in ('anti_scaling.zoo', 'anti_scaling.scripts.zoo')
+    ]
+    old, new = runs
+    assert old.returncode == new.returncode == 0
+    assert json.loads(old.stdout) == json.loads(new.stdout)
+    assert old.stderr.splitlines()[0] == (
+        'anti_scaling: note: the zoo command line moved to '
+        'python -m anti_scaling.scripts.zoo (this one forwards to it)'
     )

@@ -1,16 +1,18 @@
-"""``python -m anti_scaling.zoo`` moved: every command line lives in :mod:`anti_scaling.scripts`.
+"""``python -m anti_scaling.zoo`` moved to ``python -m anti_scaling.scripts.zoo``.
 
-This stub imports nothing of ours (the zoo sits below the scripts); it names
-the new command in one line and exits with status 2.
+Every command line lives in :mod:`anti_scaling.scripts`, and nothing below the
+scripts imports them. This module imports nothing of ours: run as a program, it
+says where the command went (one line on stderr) and runs it there, so that
+commands written for the old place keep working.
 """
 
+import runpy
 import sys
 
 if __name__ == '__main__':
-    args = ' '.join(sys.argv[1:]) or 'list'
     print(
-        'anti_scaling: error: the zoo command line moved: '
-        f'python -m anti_scaling.scripts.zoo {args}',
+        'anti_scaling: note: the zoo command line moved to '
+        'python -m anti_scaling.scripts.zoo (this one forwards to it)',
         file=sys.stderr,
     )
-    sys.exit(2)
+    runpy.run_module('anti_scaling.scripts.zoo', run_name='__main__', alter_sys=True)
