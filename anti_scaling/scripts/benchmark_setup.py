@@ -306,10 +306,10 @@ def time_variants(workdir: str, cfg, dtype: str, names) -> dict:  # noqa: ANN001
     """Median seconds of each variant, and each one's ratio over the first
     (sum of times and median of per-step ratios), interleaved on the same batches."""
     steps, agents = build_steps(workdir, cfg, dtype, names)
-    steps = cfg.steps
+    count = cfg.steps
     if dtype == 'bf16' and cfg.device == 'cpu' and getattr(cfg, 'bf16_steps', None):
-        steps = min(steps, cfg.bf16_steps)  # emulated on CPUs without bf16 units
-    batches = load_batches(workdir, steps + cfg.warmup, cfg.device)
+        count = min(count, cfg.bf16_steps)  # emulated on CPUs without bf16 units
+    batches = load_batches(workdir, count + cfg.warmup, cfg.device)
     timer = StepTimer(cfg.device, cfg.clock)
     times: dict[str, list[float]] = {name: [] for name in names}
     for i, batch in enumerate(batches):
