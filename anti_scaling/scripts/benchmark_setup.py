@@ -306,17 +306,18 @@ def time_variants(workdir: str, cfg, dtype: str, names) -> dict:  # noqa: ANN001
     """Median seconds of each variant, and each one's ratio over the first
     (sum of times and median of per-step ratios), interleaved on the same batches."""
     steps, agents = build_steps(workdir, cfg, dtype, names)
-    count = cfg.steps
+    count, warmup = cfg.steps, cfg.warmup
     if dtype == 'bf16' and cfg.device == 'cpu' and getattr(cfg, 'bf16_steps', None):
-        count = min(count, cfg.bf16_steps)  # emulated on CPUs without bf16 units
-    batches = load_batches(workdir, count + cfg.warmup, cfg.device)
+        # emulated on CPUs without bf16 units: several times a float32 step
+        count, warmup = min(count, cfg.bf16_steps), min(warmup, 1)
+    batches = load_batches(workdir, count + warmup, cfg.device)
     timer = StepTimer(cfg.device, cfg.clock)
     times: dict[str, list[float]] = {name: [] for name in names}
     for i, batch in enumerate(batches):
         for name in names:
             with _precision(dtype, cfg.device):
                 elapsed = timer(steps[name], batch)
-            if i >= cfg.warmup:
+            if i >= warmup:
                 times[name].append(elapsed)
     first = names[0]
     out = {'median_s': {n: statistics.median(t) for n, t in times.items()}}

@@ -95,13 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
     """The benchmark's options (also those of the memory runs it starts)."""
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     add_benchmark_args(parser, warmup=2, steps=10, batchsize=16)
-    parser.add_argument('--memory-steps', type=int, default=4)
+    parser.add_argument('--memory-steps', type=int, default=3)
     parser.add_argument(
         '--bf16-steps',
         type=int,
-        default=5,
-        help='timed bf16 steps on the CPU (at most --steps): without bf16 '
-        'instructions a bf16 step takes several times a float32 one',
+        default=3,
+        help='timed bf16 steps on the CPU (at most --steps, after one warm-up): '
+        'without bf16 instructions a bf16 step takes several times a float32 one',
     )
     parser.add_argument('--layers', type=int, default=4)
     parser.add_argument('--encoder-layers', type=int, default=None)
@@ -170,8 +170,8 @@ def run(workdir: str, cfg: argparse.Namespace, argv: list[str]) -> dict:
         f"{figures['device']}; teacher {cfg.encoder_layers or cfg.layers}+"
         f'{cfg.decoder_layers or cfg.layers} layers width {cfg.teacher_width}; '
         f'student width {cfg.student_width}; batch {cfg.batchsize}; {cfg.steps} timed '
-        f'steps ({min(cfg.steps, cfg.bf16_steps)} in bf16 on the CPU) after '
-        f'{cfg.warmup} warm-up; {cfg.threads} threads; '
+        f'steps after {cfg.warmup} warm-up ({min(cfg.steps, cfg.bf16_steps)} after 1 '
+        f'in bf16 on the CPU); {cfg.threads} threads; '
         f"{'CUDA events' if cfg.device == 'cuda' else cfg.clock + ' clock'}",
         flush=True,
     )
