@@ -186,3 +186,18 @@ def test_chunk_size_must_be_a_positive_integer(chunk):
     hidden, weight, bias, _, _ = _inputs()
     with pytest.raises(ValueError, match='chunk size must be a positive integer'):
         fused_output_loss(hidden[0], weight, bias, lambda z, s, e: (z.sum(), ()), chunk)
+
+
+def test_frozen_output_weight_gets_no_gradient():
+    """A frozen output embedding (``--freeze-encoder``, tied): no weight gradient is
+    made; the states' gradient is still autograd's."""
+    hidden, weight, bias, labels, teacher = _inputs()
+    weight.requires_grad_(False)
+    args = (hidden, weight, bias, labels, teacher, 'kl', {}, 1.0, [1.0])
+    got = fused(*args, 4)[0]
+    want = unfused(*args)[0]
+    for g_got, g_want in zip(
+        _grads(got, [hidden, bias]), _grads(want, [hidden, bias]), strict=True
+    ):
+        _close(g_got, g_want, 1e-6)
+    assert weight.grad is None

@@ -72,12 +72,14 @@ class _FusedOutputLoss(torch.autograd.Function):
     ):
         acc = _accumulator_dtype(hidden.dtype)
         rows = hidden.size(0)
-        grad_hidden = torch.zeros(hidden.shape, dtype=acc, device=hidden.device)
-        grad_weight = torch.zeros(weight.shape, dtype=acc, device=weight.device)
-        grad_bias = (
-            None
-            if bias is None
-            else torch.zeros(bias.shape, dtype=acc, device=bias.device)
+        # only the gradients some input needs (a frozen output embedding needs none)
+        grad_hidden, grad_weight, grad_bias = (
+            (
+                torch.zeros(x.shape, dtype=acc, device=x.device)
+                if x is not None and x.requires_grad
+                else None
+            )
+            for x in (hidden, weight, bias)
         )
         loss = torch.zeros((), dtype=acc, device=hidden.device)
         pieces: list[tuple[torch.Tensor, ...]] = []
@@ -100,8 +102,10 @@ class _FusedOutputLoss(torch.autograd.Function):
             if masked_column is not None:
                 grad_z[:, masked_column] = 0
             grad_logits = grad_z.to(logits.dtype)
-            grad_hidden[start:end] = grad_logits.mm(weight.to(logits.dtype)).to(acc)
-            grad_weight += grad_logits.t().mm(h.to(logits.dtype)).to(acc)
+            if grad_hidden is not None:
+                grad_hidden[start:end] = grad_logits.mm(weight.to(logits.dtype)).to(acc)
+            if grad_weight is not None:
+                grad_weight += grad_logits.t().mm(h.to(logits.dtype)).to(acc)
             if grad_bias is not None:
                 grad_bias += grad_z.sum(dim=0).to(acc)
             del logits, z, grad_z, grad_logits, value
