@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import math
 import os
 import shutil
 import statistics
@@ -212,7 +213,7 @@ def ct2_rows(
     except ImportError:
         print("   (CTranslate2 row skipped: pip install -e '.[serve]')")
         return []
-    from ..export.cases import task_cases
+    from ..export.cases import parlai_label_log_probs, task_cases
     from ..export.ct2.to_ct2 import export_to_ct2
     from ..export.parlai_model import load_for_export
     from ..serving.speed import ct2_engine, engine_quality, reply_seconds
@@ -227,9 +228,19 @@ def ct2_rows(
         str(DATA['chitchat_max_conversations']),
     ]
     cases = task_cases(agent, TASK, 'valid', datapath, examples, task_args)
-    row = {'name': 'narrow student, CTranslate2 float32', 'params': params}
+    row = {'name': 'narrow student, CTranslate2 float32 (*)', 'params': params}
     row.update(engine_quality(engine, cases))
     row['seconds'] = reply_seconds(engine, texts, WARMUP_REPLIES)
+    # The cases are the first valid examples in order; ParlAI's batched
+    # evaluation above takes others (a few from each of 32 episodes at a time).
+    scores = parlai_label_log_probs(agent, cases)
+    parlai_ppl = math.exp(-sum(map(sum, scores)) / sum(map(len, scores)))
+    row['note'] = (
+        f'(*) perplexity and token accuracy on the first {len(cases)} valid '
+        'examples in order, where ParlAI itself gives the same model a perplexity '
+        f'of {parlai_ppl:.1f} (the rows above: ParlAI\'s batched evaluation, '
+        'other examples)'
+    )
     return [row]
 
 
@@ -247,6 +258,9 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             f"{row['token_acc']:>9.3f} {row['seconds']:>8.4f} "
             f"{teacher_time / row['seconds']:>7.2f}x"
         )
+    for row in rows:
+        if row.get('note'):
+            print(row['note'])
 
 
 def main(argv: list[str] | None = None) -> int:
