@@ -25,17 +25,8 @@ import argparse
 import sys
 
 from ..errors import install_excepthook
+from ..export.ct2.weight_types import QUANTIZATIONS
 from . import command_line
-
-QUANTIZATIONS = (
-    'float32',
-    'int8',
-    'int8_float32',
-    'int8_float16',
-    'int8_bfloat16',
-    'float16',
-    'bfloat16',
-)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -29,17 +29,8 @@ from ..parlai_model import check_output_folder, load_for_export
 from .generation import GENERATION_FILE, generation_settings
 from .readme import folder_readme
 from .spec import converter
+from .weight_types import QUANTIZATIONS
 
-#: CTranslate2's weight types that an export may ask for.
-QUANTIZATIONS = (
-    'float32',
-    'int8',
-    'int8_float32',
-    'int8_float16',
-    'int8_bfloat16',
-    'float16',
-    'bfloat16',
-)
 #: The layouts CTranslate2 expresses (transformers' three and ``aiayn``).
 CT2_FAMILIES = (*FAMILIES, AIAYN)
 
