@@ -17,7 +17,7 @@ from typing import TextIO
 
 from ..errors import install_excepthook
 from . import command_line
-from .serve import add_engine_args
+from .serve import add_engine_args, replier_from_args
 
 DONE, EXIT = '[DONE]', '[EXIT]'
 
@@ -58,17 +58,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def run() -> int:
         from ..errors import check_at_least_one
-        from ..serving.replier import Replier
 
         check_at_least_one(args, ['threads', 'parallel'])
-        replier = Replier(
-            args.folder,
-            args.device,
-            args.threads,
-            args.parallel,
-            args.compute_type,
-            exact_beam=args.exact_beam,
-        )
+        replier = replier_from_args(args)
         chat(replier, sys.stdin, sys.stdout, args.beam)
         return 0
 

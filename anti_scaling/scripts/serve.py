@@ -17,9 +17,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from ..errors import install_excepthook
 from . import command_line
+
+if TYPE_CHECKING:
+    from ..serving.replier import Replier
 
 
 def add_engine_args(p: argparse.ArgumentParser) -> None:
@@ -39,6 +43,21 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
         action='store_true',
         help="beam search replays ParlAI's (its replies; several times slower "
         "than CTranslate2's own, the default)",
+    )
+
+
+def replier_from_args(args: argparse.Namespace) -> Replier:
+    """The :class:`~anti_scaling.serving.replier.Replier` that
+    :func:`add_engine_args`' options describe (also chat's)."""
+    from ..serving.replier import Replier
+
+    return Replier(
+        args.folder,
+        args.device,
+        args.threads,
+        args.parallel,
+        args.compute_type,
+        exact_beam=args.exact_beam,
     )
 
 
@@ -64,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from ..errors import check_at_least_one
-    from ..serving.replier import Replier, require_serve_extra
+    from ..serving.replier import require_serve_extra
     from ..serving.server import bind, make_app, serve
 
     check_at_least_one(args, ['threads', 'parallel', 'max_batch', 'max_chars'])
@@ -78,14 +97,7 @@ def _serve(args: argparse.Namespace) -> int:
             "aiohttp is not installed: pip install -c constraints.txt -e '.[serve]'"
         ) from None
     sock = bind(args.host, args.port)
-    replier = Replier(
-        args.folder,
-        args.device,
-        args.threads,
-        args.parallel,
-        args.compute_type,
-        exact_beam=args.exact_beam,
-    )
+    replier = replier_from_args(args)
     if args.beam:
         replier.engine.generation['beam_size'] = args.beam
     app = make_app(replier, args.max_chars, args.max_batch)
