@@ -106,6 +106,32 @@ def _measures(
     return measures
 
 
+def _grouped_intervals(
+    columns: Mapping[str, np.ndarray],
+    n_models: int,
+    pairs: Sequence[tuple[int, int]],
+    names: Mapping[str, bool],
+    n_resamples: int,
+    confidence: float,
+    seed: int,
+) -> tuple[list[dict], list[dict]]:
+    """Every measure's interval on one set of resamples, grouped: per model
+    ``{name: {'value': ..., 'share': ...}}`` and per pair ``{name: gain}``."""
+    found = iv.paired_intervals(
+        columns, _measures(n_models, pairs, names), n_resamples, confidence, seed
+    )
+    models: list[dict] = [{} for _ in range(n_models)]
+    gains: list[dict] = [{} for _ in pairs]
+    for key, interval in found.items():
+        who, kind, name = key.split('|')
+        if ':' in who:
+            pair = tuple(int(x) for x in who.split(':'))
+            gains[pairs.index(pair)][name] = interval.as_dict()
+        else:
+            models[int(who)].setdefault(name, {})[kind] = interval.as_dict()
+    return models, gains
+
+
 def attach_intervals(
     report: dict,
     columns: Mapping[str, np.ndarray],
@@ -126,23 +152,19 @@ def attach_intervals(
     index_pairs = [
         (labels.index(p['student']), labels.index(p['baseline'])) for p in pairs
     ]
-    decodings = list(reply_seconds)
-    found = iv.paired_intervals(
+    models, gains = _grouped_intervals(
         columns,
-        _measures(len(rows), index_pairs, quality_measures(decodings)),
+        len(rows),
+        index_pairs,
+        quality_measures(list(reply_seconds)),
         n_resamples,
         confidence,
         seed,
     )
-    for key, interval in found.items():
-        who, kind, name = key.split('|')
-        if ':' in who:
-            pair = pairs[index_pairs.index(tuple(int(x) for x in who.split(':')))]
-            pair.setdefault('intervals', {})[name] = interval.as_dict()
-        else:
-            rows[int(who)].setdefault('intervals', {}).setdefault(name, {})[
-                kind
-            ] = interval.as_dict()
+    for row, figures in zip(rows, models):
+        row['intervals'] = figures
+    for pair, gain in zip(pairs, gains):
+        pair['intervals'] = gain
     for d, per_model in reply_seconds.items():
         teacher = per_model[0]
         for row, seconds in zip(rows, per_model):
@@ -168,6 +190,7 @@ def forced_intervals(
     pairs: Sequence[tuple[int, int]] = (),
     n_resamples: int = 1000,
     seed: int = 0,
+    confidence: float = 0.95,
 ) -> tuple[list[dict], list[dict]]:
     """Intervals of perplexity and token accuracy from teacher-forced sums alone.
 
@@ -182,20 +205,9 @@ def forced_intervals(
         for key in ('loss', 'tokens', 'correct'):
             columns[f'{i}.{key}'] = np.asarray(sums[key], dtype=float)
     names = {'ppl': True, 'token_acc': False}
-    found = iv.paired_intervals(
-        columns, _measures(len(per_example), pairs, names), n_resamples, seed=seed
+    return _grouped_intervals(
+        columns, len(per_example), pairs, names, n_resamples, confidence, seed
     )
-    models: list[dict] = [{} for _ in per_example]
-    gains: list[dict] = [{} for _ in pairs]
-    for key, interval in found.items():
-        who, kind, name = key.split('|')
-        if ':' in who:
-            gains[pairs.index(tuple(int(x) for x in who.split(':')))][
-                name
-            ] = interval.as_dict()
-        else:
-            models[int(who)].setdefault(name, {})[kind] = interval.as_dict()
-    return models, gains
 
 
 def below_baseline(pair: Mapping[str, Any]) -> dict[str, list[str]]:
